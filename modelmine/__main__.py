@@ -1,0 +1,5 @@
+import sys
+
+from modelmine.cli import main
+
+sys.exit(main())
