@@ -1,0 +1,90 @@
+"""Signed statements: the one way anything in ModelMine is signed and verified.
+
+A statement is ``[domain, signer, body, signature]`` encoded with the canonical codec, where
+``body`` is the canonical msgpack of the payload. The signature covers the domain tag
+``modelmine/v1/<domain>``, the chain id and the body, so a signature made for one purpose or
+one network is useless for any other. Relays forward the exact bytes they received (``raw``);
+the message id is SHA-256 of those bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+from modelmine import wire
+
+PROTOCOL_TAG: Final = "modelmine/v1/"
+MAX_DOMAIN_LEN: Final = 64
+
+
+class SignatureError(wire.WireError):
+    """A statement whose signature does not verify."""
+
+
+def signing_input(domain: str, chain_id: str, body: bytes) -> bytes:
+    return wire.encode([PROTOCOL_TAG + domain, chain_id, body])
+
+
+@dataclass(frozen=True)
+class Signed:
+    domain: str
+    signer: bytes
+    body: bytes
+    signature: bytes
+    raw: bytes = field(repr=False)
+
+    @property
+    def message_id(self) -> bytes:
+        return wire.sha256(self.raw)
+
+    def payload(self) -> dict[str, Any]:
+        return wire.expect_map(wire.decode(self.body), f"{self.domain} payload")
+
+
+def sign(key: SigningKey, domain: str, chain_id: str, payload: dict[str, Any]) -> Signed:
+    body = wire.encode(payload)
+    signature = key.sign(signing_input(domain, chain_id, body)).signature
+    signer = bytes(key.verify_key)
+    raw = wire.encode([domain, signer, body, signature])
+    return Signed(domain, signer, body, signature, raw)
+
+
+def parse(raw: bytes, *, max_size: int = wire.MAX_MESSAGE_SIZE) -> Signed:
+    """Split ``raw`` into a statement without checking the signature."""
+    value = wire.decode(raw, max_size=max_size)
+    if not isinstance(value, list) or len(value) != 4:
+        raise wire.WireError("signed statement: expected a list of 4 items")
+    domain, signer, body, signature = value
+    if not isinstance(domain, str) or not 0 < len(domain) <= MAX_DOMAIN_LEN:
+        raise wire.WireError("signed statement: bad domain")
+    if not isinstance(signer, bytes) or len(signer) != 32:
+        raise wire.WireError("signed statement: signer must be 32 bytes")
+    if not isinstance(body, bytes):
+        raise wire.WireError("signed statement: body must be bytes")
+    if not isinstance(signature, bytes) or len(signature) != 64:
+        raise wire.WireError("signed statement: signature must be 64 bytes")
+    return Signed(domain, signer, body, signature, bytes(raw))
+
+
+def verify(statement: Signed, chain_id: str) -> None:
+    try:
+        VerifyKey(statement.signer).verify(
+            signing_input(statement.domain, chain_id, statement.body), statement.signature
+        )
+    except (BadSignatureError, ValueError) as exc:
+        raise SignatureError(
+            f"bad signature on {statement.domain} statement from {statement.signer.hex()[:8]}"
+        ) from exc
+
+
+def parse_verified(raw: bytes, chain_id: str, *, domains: frozenset[str] | None = None) -> Signed:
+    """Parse and verify; ``domains`` restricts which statement kinds are acceptable."""
+    statement = parse(raw)
+    if domains is not None and statement.domain not in domains:
+        raise wire.WireError(f"unexpected statement domain {statement.domain!r}")
+    verify(statement, chain_id)
+    return statement
