@@ -82,7 +82,6 @@ def decode(data: bytes, *, max_size: int = MAX_MESSAGE_SIZE) -> Value:
             use_list=True,
             strict_map_key=True,
             ext_hook=_no_ext,
-            max_buffer_size=max_size,
             max_str_len=max_size,
             max_bin_len=max_size,
             max_array_len=MAX_CONTAINER_LEN,

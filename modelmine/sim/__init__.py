@@ -1,0 +1,1 @@
+"""Deterministic simulation of ModelMine's sans-IO protocol cores in virtual time."""
