@@ -1,0 +1,378 @@
+"""Authenticated, encrypted peer links over trio-websocket: a thin shell around the handshake.
+
+A dialer needs only ``ws://host:port`` (and may pin the peer's id). Each side runs the sans-IO
+:class:`~modelmine.p2p.handshake.Handshake` over binary websocket messages within a deadline,
+then every message is one sealed frame (see :mod:`modelmine.p2p.channel`).
+
+Close codes: 1000 normal, 1003 text message, 1008 handshake refused or timed out, or a frame
+that failed to open, 1009 message over the size limit (sent by trio-websocket), 1011 a send was
+interrupted midway or the link handler crashed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Final, NoReturn
+
+import trio
+import trio_websocket
+from nacl.signing import SigningKey
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
+
+from modelmine.p2p.channel import MAX_FRAME, MAX_PLAINTEXT, ChannelError
+from modelmine.p2p.handshake import Handshake, HandshakeError, Session, short_id
+
+__all__ = [
+    "CLOSE_HANDSHAKE_FAILED",
+    "CLOSE_INTERNAL_ERROR",
+    "CLOSE_NORMAL",
+    "CLOSE_POLICY_VIOLATION",
+    "CLOSE_TOO_BIG",
+    "CLOSE_UNSUPPORTED_DATA",
+    "MAX_PLAINTEXT",
+    "ConnectFailed",
+    "LinkClosed",
+    "LinkStatistics",
+    "PeerLink",
+    "TransportError",
+    "connect_peer",
+    "serve_peers",
+]
+
+log = logging.getLogger(__name__)
+
+CLOSE_NORMAL: Final = 1000
+CLOSE_UNSUPPORTED_DATA: Final = 1003
+CLOSE_POLICY_VIOLATION: Final = 1008
+CLOSE_HANDSHAKE_FAILED: Final = CLOSE_POLICY_VIOLATION
+CLOSE_TOO_BIG: Final = 1009
+CLOSE_INTERNAL_ERROR: Final = 1011
+
+# Received messages waiting to be read, per link: at most this many times MAX_FRAME bytes.
+MESSAGE_QUEUE_SIZE: Final = 4
+RECEIVE_BUFFER_SIZE: Final = 64 * 1024
+# How long a close handshake may take before the TCP connection is dropped anyway.
+CLOSE_TIMEOUT: Final = 2.0
+# A websocket close reason must fit in 123 bytes of UTF-8.
+_MAX_CLOSE_REASON: Final = 120
+
+
+class TransportError(Exception):
+    """Base of the errors of this module; the text says what happened."""
+
+
+class ConnectFailed(TransportError):
+    """No authenticated link: unreachable, refused, wrong network or peer id, or too slow."""
+
+
+class LinkClosed(TransportError):
+    """The link is closed (by either side, or because the peer sent something invalid)."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class LinkStatistics:
+    frames_sent: int
+    bytes_sent: int
+    frames_received: int
+    bytes_received: int
+
+
+def _endpoint_text(endpoint: object) -> str:
+    address = getattr(endpoint, "address", None)
+    port = getattr(endpoint, "port", None)
+    if address is None or port is None:
+        return str(endpoint)
+    host = str(address)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _close_reason(reason: str) -> str:
+    encoded = reason.encode()
+    if len(encoded) <= _MAX_CLOSE_REASON:
+        return reason
+    return encoded[:_MAX_CLOSE_REASON].decode(errors="ignore")
+
+
+def _describe_close(exc: ConnectionClosed) -> tuple[int | None, str]:
+    reason = exc.reason
+    if reason is None:
+        return None, "connection closed"
+    text = f"{reason.code} {reason.name}"
+    if reason.reason:
+        text += f": {reason.reason}"
+    return reason.code, text
+
+
+async def _close_websocket(ws: WebSocketConnection, code: int, reason: str) -> None:
+    """Close within CLOSE_TIMEOUT, even from a cancelled scope; the TCP stream always ends."""
+    with trio.CancelScope(shield=True):
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            await ws.aclose(code, _close_reason(reason))
+        # trio-websocket skips closing the stream when the websocket closed on its own
+        # (e.g. after refusing an oversized message); closing it again is a no-op.
+        await ws._close_stream()
+
+
+class PeerLink:
+    """An authenticated, encrypted message link to one peer.
+
+    ``send`` may be called from several tasks (frames go out in call order); ``receive`` from
+    one task at a time. Any frame that fails to open closes the link with code 1008.
+    """
+
+    def __init__(
+        self, ws: WebSocketConnection, session: Session, remote_address: str, *, initiator: bool
+    ) -> None:
+        self.peer_id: bytes = session.peer_id
+        self.remote_address: str = remote_address
+        self.initiator: bool = initiator
+        self.transcript_hash: bytes = session.transcript_hash
+        self._ws = ws
+        self._sealer = session.sender
+        self._opener = session.receiver
+        self._send_lock = trio.Lock()
+        self._receiving = False
+        self._broken: str | None = None
+        self._closed_reason: str | None = None
+        self._bytes_sent = 0
+        self._bytes_received = 0
+
+    def __repr__(self) -> str:
+        side = "to" if self.initiator else "from"
+        return f"<PeerLink {side} {short_id(self.peer_id)} at {self.remote_address}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed_reason is not None or self._ws.closed is not None
+
+    def statistics(self) -> LinkStatistics:
+        """Frames and plaintext bytes moved so far."""
+        return LinkStatistics(
+            frames_sent=self._sealer.counter,
+            bytes_sent=self._bytes_sent,
+            frames_received=self._opener.counter,
+            bytes_received=self._bytes_received,
+        )
+
+    async def send(self, data: bytes) -> None:
+        """Send one message of at most MAX_PLAINTEXT bytes.
+
+        Raises ValueError for a larger message (the link stays open) and LinkClosed if the
+        link is closed.
+        """
+        if len(data) > MAX_PLAINTEXT:
+            raise ValueError(f"message of {len(data)} bytes exceeds the limit of {MAX_PLAINTEXT}")
+        async with self._send_lock:
+            if self._broken is not None:
+                await self._fail(CLOSE_INTERNAL_ERROR, self._broken)
+            try:
+                frame = self._sealer.seal(data)
+            except ChannelError as exc:
+                await self._fail(CLOSE_INTERNAL_ERROR, str(exc))
+            try:
+                await self._ws.send_message(frame)
+            except ConnectionClosed as exc:
+                code, text = _describe_close(exc)
+                raise LinkClosed(f"{self!r} is closed ({text})", code) from None
+            except BaseException:
+                # The frame used a counter but may not have gone out: later frames would not
+                # open at the peer, so this link can carry nothing more.
+                self._broken = "a send was interrupted midway"
+                raise
+            self._bytes_sent += len(data)
+
+    async def receive(self) -> bytes:
+        """The next message from the peer. Raises LinkClosed once the link is closed."""
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this link")
+        self._receiving = True
+        try:
+            try:
+                frame = await self._ws.get_message()
+            except ConnectionClosed as exc:
+                self._note_closed(exc)
+                raise LinkClosed(
+                    f"{self!r} is closed ({self._closed_reason})", self._code(exc)
+                ) from None
+            if isinstance(frame, str):
+                await self._fail(CLOSE_UNSUPPORTED_DATA, "text message on a binary link")
+            try:
+                data = self._opener.open(frame)
+            except ChannelError as exc:
+                await self._fail(CLOSE_POLICY_VIOLATION, str(exc))
+            self._bytes_received += len(data)
+            return data
+        finally:
+            self._receiving = False
+
+    async def aclose(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        """Close the link (idempotent); returns within CLOSE_TIMEOUT even if the peer stalls."""
+        if self._closed_reason is None:
+            self._closed_reason = f"closed by us: {code} {reason}".rstrip()
+        await _close_websocket(self._ws, code, reason)
+
+    async def _fail(self, code: int, reason: str) -> NoReturn:
+        """Log why, close the link with ``code`` and raise LinkClosed."""
+        log.warning("closing %r: %s", self, reason)
+        self._closed_reason = reason
+        await _close_websocket(self._ws, code, reason)
+        raise LinkClosed(f"{self!r} closed: {reason}", code)
+
+    def _note_closed(self, exc: ConnectionClosed) -> None:
+        if self._closed_reason is not None:
+            return
+        code, text = _describe_close(exc)
+        self._closed_reason = text
+        if code == CLOSE_TOO_BIG:
+            log.warning("%r closed: %s", self, text)
+        elif code == CLOSE_NORMAL:
+            log.debug("%r closed: %s", self, text)
+        else:
+            log.info("%r closed: %s", self, text)
+
+    @staticmethod
+    def _code(exc: ConnectionClosed) -> int | None:
+        return exc.reason.code if exc.reason is not None else None
+
+
+async def _run_handshake(ws: WebSocketConnection, handshake: Handshake) -> Session:
+    """Move handshake frames until it is done. Raises HandshakeError or ConnectionClosed."""
+    while not handshake.done:
+        frame = await ws.get_message()
+        if isinstance(frame, str):
+            raise HandshakeError("text message during the handshake")
+        reply = handshake.receive(frame)
+        if reply is not None:
+            await ws.send_message(reply)
+    return handshake.result
+
+
+async def connect_peer(
+    nursery: trio.Nursery,
+    url: str,
+    *,
+    identity: SigningKey,
+    network_id: bytes,
+    expected_peer: bytes | None = None,
+    handshake_timeout: float = 10.0,
+    max_message_size: int = MAX_FRAME,
+) -> PeerLink:
+    """Dial ``ws://host:port`` and authenticate; the link's reader task runs in ``nursery``.
+
+    Raises ConnectFailed if the peer cannot be reached, refuses us, is not who we expected,
+    or does not finish within ``handshake_timeout`` seconds; for a failed check on our side
+    its ``__cause__`` is the HandshakeError.
+    """
+    handshake = Handshake.initiator(identity, network_id, expected_peer)
+    ws: WebSocketConnection | None = None
+    try:
+        with trio.fail_after(handshake_timeout):
+            ws = await trio_websocket.connect_websocket_url(
+                nursery,
+                url,
+                message_queue_size=MESSAGE_QUEUE_SIZE,
+                max_message_size=max_message_size,
+                receive_buffer_size=RECEIVE_BUFFER_SIZE,
+            )
+            await ws.send_message(handshake.start())
+            session = await _run_handshake(ws, handshake)
+    except HandshakeError as exc:
+        if ws is not None:
+            await _close_websocket(ws, CLOSE_HANDSHAKE_FAILED, f"handshake failed: {exc}")
+        raise ConnectFailed(f"handshake with {url} failed: {exc}") from exc
+    except ConnectionClosed as exc:
+        _, text = _describe_close(exc)
+        raise ConnectFailed(f"{url} closed the connection during the handshake ({text})") from None
+    except trio.TooSlowError:
+        if ws is not None:
+            await _close_websocket(ws, CLOSE_HANDSHAKE_FAILED, "handshake timeout")
+        raise ConnectFailed(f"no handshake with {url} within {handshake_timeout} s") from None
+    except (OSError, ValueError, trio_websocket.HandshakeError) as exc:
+        raise ConnectFailed(f"cannot open a websocket to {url}: {exc!r}") from None
+    except BaseException:
+        if ws is not None:
+            await _close_websocket(ws, CLOSE_INTERNAL_ERROR, "cancelled")
+        raise
+    return PeerLink(ws, session, _endpoint_text(ws.remote), initiator=True)
+
+
+async def serve_peers(
+    handler: Callable[[PeerLink], Awaitable[None]],
+    host: str,
+    port: int,
+    *,
+    identity: SigningKey,
+    network_id: bytes,
+    handshake_timeout: float = 10.0,
+    max_message_size: int = MAX_FRAME,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept peers on ``host:port`` forever; ``handler(link)`` runs for each authenticated one.
+
+    Reports the bound port through ``task_status`` (so ``port=0`` works). Peers that fail the
+    handshake or miss its deadline are logged and dropped; the listener keeps serving. The link
+    is closed when ``handler`` returns.
+    """
+
+    async def on_request(request: WebSocketRequest) -> None:
+        remote = _endpoint_text(request.remote)
+        try:
+            ws = await request.accept()
+        except ConnectionClosed:
+            log.info("peer at %s left before the websocket opened", remote)
+            return
+        failure: str | None = None
+        session: Session | None = None
+        with trio.move_on_after(handshake_timeout):
+            try:
+                session = await _run_handshake(ws, Handshake.responder(identity, network_id))
+            except HandshakeError as exc:
+                failure = str(exc)
+            except ConnectionClosed as exc:
+                log.info(
+                    "peer at %s left during the handshake (%s)", remote, _describe_close(exc)[1]
+                )
+                return
+        if session is None:
+            if failure is None:
+                log.info("dropping peer at %s: no handshake within %s s", remote, handshake_timeout)
+                failure = "handshake timeout"
+            else:
+                log.warning("refusing peer at %s: %s", remote, failure)
+            await _close_websocket(ws, CLOSE_HANDSHAKE_FAILED, failure)
+            return
+        link = PeerLink(ws, session, remote, initiator=False)
+        log.debug("accepted %r", link)
+        try:
+            await handler(link)
+        except LinkClosed:
+            pass
+        except Exception:
+            log.exception("handler for %r crashed", link)
+            await link.aclose(CLOSE_INTERNAL_ERROR, "internal error")
+        finally:
+            await link.aclose()
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            partial(
+                trio_websocket.serve_websocket,
+                on_request,
+                host,
+                port,
+                None,
+                message_queue_size=MESSAGE_QUEUE_SIZE,
+                max_message_size=max_message_size,
+                receive_buffer_size=RECEIVE_BUFFER_SIZE,
+                connect_timeout=handshake_timeout,
+                disconnect_timeout=CLOSE_TIMEOUT,
+            )
+        )
+        task_status.started(server.port)
