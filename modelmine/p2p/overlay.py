@@ -205,6 +205,13 @@ class Overlay:
         self._self_record = sign_peer_record(self.identity, self.chain_id, address, name, now)
         return self._self_record
 
+    @property
+    def self_record(self) -> Signed | None:
+        return self._self_record
+
+    def ban(self, node_id: bytes, until: float) -> None:
+        self._banned[node_id] = until
+
     def add_known(self, node_id: bytes, address: str, name: str = "") -> list[Action]:
         """Remember a dialable peer (from the peer store, bootstrap or peer exchange)."""
         if node_id == self.node_id or not address:

@@ -1,0 +1,234 @@
+"""The node daemon: the one module that wires every layer together.
+
+A ``Node`` owns, in one nursery: the peer host (links, gossip, membership), the heartbeat
+loop, and the local control API. Later layers (ledger, jobs) plug in here.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+from nacl.signing import SigningKey
+
+from modelmine import __version__, control
+from modelmine.genesis import GENESIS_FILE, Genesis, GenesisError, make_genesis
+from modelmine.identity import load_or_create_node_key, short_id
+from modelmine.metrics import MetricsSampler
+from modelmine.p2p.host import Host
+from modelmine.p2p.membership import HEARTBEAT_DOMAIN, Heartbeat, MemberChange, Status
+from modelmine.p2p.overlay import HEARTBEAT_TOPIC, Deliver, Overlay, OverlayConfig
+from modelmine.p2p.peerstore import PeerStore
+from modelmine.signing import sign
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SLOTS: Final = 1
+
+
+class NodeError(Exception):
+    """A node that cannot start; the text says why."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    data_dir: Path
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 0
+    control_host: str = "127.0.0.1"
+    control_port: int = 0
+    bootstrap: tuple[str, ...] = ()
+    genesis_path: Path | None = None
+    name: str = ""
+    maintenance: bool = False
+    slots: int = DEFAULT_SLOTS
+
+
+def load_genesis(config: NodeConfig, key: SigningKey) -> Genesis:
+    """The genesis given, else the one in the data dir, else a new single-node network."""
+    local = config.data_dir / GENESIS_FILE
+    if config.genesis_path is not None:
+        genesis = Genesis.load(config.genesis_path)
+        if local.exists() and Genesis.load(local).network_id != genesis.network_id:
+            raise NodeError(
+                f"{local} belongs to another network than {config.genesis_path}; "
+                "use a fresh data dir for a different network"
+            )
+        if not local.exists():
+            genesis.save(local)
+        return genesis
+    if local.exists():
+        return Genesis.load(local)
+    genesis = make_genesis([(bytes(key.verify_key), config.name or "node")])
+    genesis.save(local)
+    log.info("no genesis given: started a single-node network %s", genesis.chain_id)
+    return genesis
+
+
+class Node:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.key = load_or_create_node_key(config.data_dir)
+        self.node_id = bytes(self.key.verify_key)
+        try:
+            self.genesis = load_genesis(config, self.key)
+        except GenesisError as exc:
+            raise NodeError(str(exc)) from None
+        self.name = config.name or f"node-{short_id(self.node_id)}"
+        self.chain_id = self.genesis.chain_id
+        params = self.genesis.membership
+        self.overlay = Overlay(self.key, self.chain_id, OverlayConfig())
+        self.overlay.members.interval = params.heartbeat_interval
+        self.overlay.members.suspect_after = params.suspect_after
+        self.overlay.members.offline_after = params.offline_after
+        self.peerstore = PeerStore(config.data_dir)
+        self.host = Host(
+            self.key,
+            self.genesis.network_id,
+            self.overlay,
+            listen_host=config.listen_host,
+            listen_port=config.listen_port,
+            name=self.name,
+            bootstrap=config.bootstrap,
+            peerstore=self.peerstore,
+            on_deliver=self._on_deliver,
+            on_members=self._on_members,
+        )
+        self.control = control.ControlServer(control.new_token())
+        self.metrics = MetricsSampler()
+        self.started = time.time()
+        self.busy_slots = 0
+        self._seq = 0
+        self._control_url = ""
+        self._register_methods()
+
+    # ---- lifecycle ----
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[dict[str, str]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                address = await nursery.start(self.host.run)
+                self._control_url = await nursery.start(
+                    functools.partial(self.control.run, data_dir=self.config.data_dir),
+                    self.config.control_host,
+                    self.config.control_port,
+                )
+                nursery.start_soon(self._heartbeat_loop)
+                log.info(
+                    "node %s (%s) of %s listening on %s, control on %s",
+                    self.name,
+                    short_id(self.node_id),
+                    self.chain_id,
+                    address,
+                    self._control_url,
+                )
+                task_status.started({"address": address, "control": self._control_url})
+        finally:
+            self.peerstore.close()
+
+    # ---- heartbeats ----
+
+    @property
+    def advertised_status(self) -> Status:
+        if self.config.maintenance:
+            return Status.MAINTENANCE
+        if self.busy_slots >= self.config.slots:
+            return Status.BUSY
+        return Status.ONLINE
+
+    def make_heartbeat(self) -> Heartbeat:
+        self._seq = max(self._seq + 1, int(time.time() * 1000))
+        return Heartbeat(
+            node_id=self.node_id,
+            seq=self._seq,
+            time=time.time(),
+            name=self.name,
+            address=self.host.address,
+            version=__version__,
+            status=self.advertised_status.value,
+            capacity={"slots": self.config.slots, "busy": self.busy_slots},
+            metrics=self.metrics.sample(),
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.genesis.membership.heartbeat_interval
+        while True:
+            heartbeat = self.make_heartbeat()
+            statement = sign(self.key, HEARTBEAT_DOMAIN, self.chain_id, heartbeat.to_payload())
+            self.host.publish(HEARTBEAT_TOPIC, statement)
+            await trio.sleep(interval)
+
+    def _on_deliver(self, delivery: Deliver) -> None:
+        pass  # application topics (records, jobs) plug in here
+
+    def _on_members(self, changes: tuple[MemberChange, ...]) -> None:
+        for change in changes:
+            if change.node_id == self.node_id:
+                continue
+            log.info(
+                "member %s: %s -> %s",
+                short_id(change.node_id),
+                change.old.value if change.old else "new",
+                change.new.value,
+            )
+            member = self.overlay.members.get(change.node_id)
+            if member is not None:
+                self.control.publish("peers", self._peer_json(member))
+
+    # ---- control API ----
+
+    def _register_methods(self) -> None:
+        self.control.register_topic("peers")
+        self.control.register("status", self._status)
+        self.control.register("peers", self._peers)
+
+    async def _status(self, params: dict[str, Any]) -> dict[str, Any]:
+        return self.status()
+
+    def status(self) -> dict[str, Any]:
+        members = [m for m in self.overlay.members if m.node_id != self.node_id]
+        return {
+            "node_id": self.node_id.hex(),
+            "name": self.name,
+            "chain_id": self.chain_id,
+            "network_id": self.genesis.network_id.hex(),
+            "version": __version__,
+            "address": self.host.address,
+            "control": self._control_url,
+            "status": self.advertised_status.value,
+            "peers": self.host.statistics().links,
+            "members": len(members),
+            "online": sum(1 for m in members if m.status is not Status.OFFLINE),
+            "uptime": round(time.time() - self.started, 1),
+            "validator": self.genesis.validator(self.node_id) is not None,
+            "data_dir": str(self.config.data_dir),
+        }
+
+    async def _peers(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        members = [m for m in self.overlay.members if m.node_id != self.node_id]
+        members.sort(key=lambda m: (m.heartbeat.name, m.node_id))
+        return [self._peer_json(m) for m in members]
+
+    def _peer_json(self, member: Any) -> dict[str, Any]:
+        hb: Heartbeat = member.heartbeat
+        age = trio.current_time() - member.last_seen
+        linked = {p for p, _, _ in self.host.link_info()}
+        return {
+            "node_id": hb.node_id.hex(),
+            "name": hb.name,
+            "status": member.status.value,
+            "address": hb.address,
+            "last_seen": round(time.time() - age, 3),
+            "connected": hb.node_id in linked,
+            "version": hb.version,
+            "capacity": hb.capacity,
+            "metrics": hb.metrics,
+        }

@@ -1,0 +1,302 @@
+"""The trio shell around the overlay: real links, dialing, bootstrap announcements, timers.
+
+``Host`` owns every peer link in its nursery. Each link has a reader (frames into the
+overlay) and a writer draining a bounded queue, so a slow peer never stalls the others: when its
+queue is full, frames to it are dropped and counted. Everything the overlay decides comes back
+as actions, which ``_apply`` carries out without blocking.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+import trio
+from nacl.signing import SigningKey
+
+from modelmine import wire
+from modelmine.p2p import transport
+from modelmine.p2p.membership import MemberChange
+from modelmine.p2p.overlay import (
+    Action,
+    Deliver,
+    Dial,
+    Disconnect,
+    MembersChanged,
+    Overlay,
+    PeerLearned,
+    Send,
+)
+from modelmine.p2p.peerstore import PeerStore
+from modelmine.signing import Signed
+
+log = logging.getLogger(__name__)
+
+SEND_QUEUE: Final = 512
+TICK: Final = 1.0
+DIAL_TIMEOUT: Final = 10.0
+BOOTSTRAP_EVERY: Final = 30.0
+BOOTSTRAP_EVERY_WHEN_ALONE: Final = 3.0
+PERSIST_EVERY: Final = 5.0
+
+_CLOSE = object()
+
+
+@dataclass
+class _LinkEntry:
+    link: transport.PeerLink
+    queue: trio.MemorySendChannel[object]
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    dropped: int = 0
+
+
+@dataclass(frozen=True)
+class HostStatistics:
+    links: int
+    dropped_frames: int
+
+
+class Host:
+    def __init__(
+        self,
+        identity: SigningKey,
+        network_id: bytes,
+        overlay: Overlay,
+        *,
+        listen_host: str = "127.0.0.1",
+        listen_port: int = 0,
+        name: str = "",
+        bootstrap: tuple[str, ...] = (),
+        peerstore: PeerStore | None = None,
+        on_deliver: Callable[[Deliver], None] | None = None,
+        on_members: Callable[[tuple[MemberChange, ...]], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.identity = identity
+        self.node_id = bytes(identity.verify_key)
+        self.network_id = network_id
+        self.overlay = overlay
+        self.listen_host = listen_host
+        self.listen_port = listen_port
+        self.name = name
+        self.bootstrap = bootstrap
+        self.peerstore = peerstore
+        self.on_deliver = on_deliver
+        self.on_members = on_members
+        self.address = ""
+        self._rng = rng or random.Random()
+        self._links: dict[bytes, _LinkEntry] = {}
+        self._nursery: trio.Nursery | None = None
+        self._to_persist: dict[bytes, tuple[bytes, str, str]] = {}
+        self._to_ban: dict[bytes, float] = {}
+        self._dropped = 0
+
+    # ---- lifecycle ----
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        self._load_peers()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            serve = functools.partial(
+                transport.serve_peers, identity=self.identity, network_id=self.network_id
+            )
+            port = await nursery.start(serve, self._serve_link, self.listen_host, self.listen_port)
+            advertised_host = (
+                self.listen_host if self.listen_host not in ("0.0.0.0", "::") else "127.0.0.1"
+            )
+            self.address = f"ws://{advertised_host}:{port}"
+            self.overlay.set_self_record(self.address, self.name, time.time())
+            nursery.start_soon(self._tick_loop)
+            nursery.start_soon(self._persist_loop)
+            if self.bootstrap:
+                nursery.start_soon(self._bootstrap_loop)
+            task_status.started(self.address)
+
+    def publish(self, topic: str, statement: Signed) -> None:
+        self._apply(self.overlay.publish(topic, statement, trio.current_time()))
+
+    def statistics(self) -> HostStatistics:
+        return HostStatistics(len(self._links), self._dropped)
+
+    def link_info(self) -> list[tuple[bytes, str, bool]]:
+        return [(p, e.link.remote_address, e.link.initiator) for p, e in self._links.items()]
+
+    # ---- actions ----
+
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                entry = self._links.get(action.peer)
+                if entry is None:
+                    continue
+                try:
+                    entry.queue.send_nowait(action.frame)
+                except (trio.WouldBlock, trio.ClosedResourceError):
+                    entry.dropped += 1
+                    self._dropped += 1
+            elif isinstance(action, Deliver):
+                if self.on_deliver is not None:
+                    self.on_deliver(action)
+            elif isinstance(action, Dial):
+                assert self._nursery is not None
+                self._nursery.start_soon(self._dial, action.node_id, action.address)
+            elif isinstance(action, Disconnect):
+                self._disconnect(action)
+            elif isinstance(action, PeerLearned):
+                self._to_persist[action.node_id] = (action.node_id, action.address, action.name)
+            elif isinstance(action, MembersChanged) and self.on_members is not None:
+                self.on_members(action.changes)
+
+    def _disconnect(self, action: Disconnect) -> None:
+        log.warning("closing link to %s: %s", action.peer.hex()[:8], action.reason)
+        if action.banned_until is not None:
+            remaining = action.banned_until - trio.current_time()
+            self._to_ban[action.peer] = time.time() + remaining
+        entry = self._links.get(action.peer)
+        if entry is None:
+            return
+        try:
+            entry.queue.send_nowait(_CLOSE)  # after the frames already queued
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            entry.scope.cancel()
+
+    # ---- links ----
+
+    async def _serve_link(self, link: transport.PeerLink) -> None:
+        await self._run_link(link)
+
+    async def _dial(self, node_id: bytes, address: str) -> None:
+        assert self._nursery is not None
+        try:
+            with trio.fail_after(DIAL_TIMEOUT):
+                link = await transport.connect_peer(
+                    self._nursery,
+                    address,
+                    identity=self.identity,
+                    network_id=self.network_id,
+                    expected_peer=node_id,
+                )
+        except (OSError, trio.TooSlowError, transport.ConnectFailed) as exc:
+            log.info(
+                "dial %s at %s failed: %s", node_id.hex()[:8], address, exc or type(exc).__name__
+            )
+            self.overlay.on_dial_failed(node_id, trio.current_time())
+            return
+        await self._run_link(link)
+
+    async def _run_link(self, link: transport.PeerLink) -> None:
+        peer = link.peer_id
+        existing = self._links.get(peer)
+        if existing is not None:
+            # Both sides dialed at once. Keep the link dialed by the smaller id, on both ends.
+            if link.initiator != (self.node_id < peer):
+                await link.aclose(1000, "duplicate connection")
+                if link.initiator:
+                    self.overlay.on_dial_failed(peer, trio.current_time())
+                return
+            del self._links[peer]
+            existing.scope.cancel()
+        send, receive = trio.open_memory_channel[object](SEND_QUEUE)
+        entry = _LinkEntry(link, send)
+        self._links[peer] = entry
+        try:
+            with entry.scope:
+                self._apply(self.overlay.on_link_up(peer, link.initiator, trio.current_time()))
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write_link, link, receive, nursery.cancel_scope)
+                    while True:
+                        data = await link.receive()
+                        self._apply(self.overlay.on_frame(peer, data, trio.current_time()))
+        except transport.LinkClosed as exc:
+            log.info("link to %s closed: %s", peer.hex()[:8], exc)
+        finally:
+            send.close()
+            if self._links.get(peer) is entry:
+                del self._links[peer]
+                self._apply(self.overlay.on_link_down(peer, trio.current_time()))
+            with trio.CancelScope(shield=True):
+                await link.aclose()
+
+    async def _write_link(
+        self,
+        link: transport.PeerLink,
+        queue: trio.MemoryReceiveChannel[object],
+        scope: trio.CancelScope,
+    ) -> None:
+        try:
+            async for frame in queue:
+                if frame is _CLOSE:
+                    await link.aclose(1008, "policy violation")
+                    break
+                assert isinstance(frame, bytes)
+                await link.send(frame)
+        except transport.LinkClosed:
+            pass
+        scope.cancel()
+
+    # ---- timers ----
+
+    async def _tick_loop(self) -> None:
+        while True:
+            self._apply(self.overlay.tick(trio.current_time()))
+            await trio.sleep(TICK)
+
+    async def _persist_loop(self) -> None:
+        while True:
+            await trio.sleep(PERSIST_EVERY)
+            await self._persist()
+
+    async def _persist(self) -> None:
+        if self.peerstore is None:
+            return
+        peers, bans = list(self._to_persist.values()), dict(self._to_ban)
+        self._to_persist.clear()
+        self._to_ban.clear()
+        store = self.peerstore
+        if peers:
+            await trio.to_thread.run_sync(store.remember, peers, time.time())
+        for node_id, until in bans.items():
+            await trio.to_thread.run_sync(store.ban, node_id, until)
+
+    def _load_peers(self) -> None:
+        if self.peerstore is None:
+            return
+        wall, mono = time.time(), trio.current_time()
+        for peer in self.peerstore.load():
+            self.overlay.add_known(peer.node_id, peer.address, peer.name)
+            if peer.banned_until > wall:
+                self.overlay.ban(peer.node_id, mono + (peer.banned_until - wall))
+
+    async def _bootstrap_loop(self) -> None:
+        while True:
+            for url in self.bootstrap:
+                await self._ask_bootstrap(url)
+            alone = not self._links
+            await trio.sleep(BOOTSTRAP_EVERY_WHEN_ALONE if alone else BOOTSTRAP_EVERY)
+
+    async def _ask_bootstrap(self, url: str) -> None:
+        record = self.overlay.self_record
+        assert self._nursery is not None and record is not None
+        try:
+            with trio.fail_after(DIAL_TIMEOUT):
+                link = await transport.connect_peer(
+                    self._nursery, url, identity=self.identity, network_id=self.network_id
+                )
+                try:
+                    await link.send(wire.encode({"t": "announce", "record": record.raw}))
+                    reply = wire.expect_map(wire.decode(await link.receive()), "bootstrap reply")
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await link.aclose()
+            records = wire.field(reply, "records", list, "bootstrap reply")
+            now = trio.current_time()
+            for raw in records[:64]:
+                if isinstance(raw, bytes):
+                    self._apply(self.overlay.add_record(raw, now))
+        except (OSError, trio.TooSlowError, transport.ConnectFailed, wire.WireError) as exc:
+            log.info("bootstrap %s unavailable: %s", url, exc or type(exc).__name__)
