@@ -98,11 +98,13 @@ def signature_input(network_id: bytes, role: str, transcript: bytes) -> bytes:
 
 def _decode(frame: bytes, kind: str, keys: frozenset[str]) -> dict[str, wire.Value]:
     msg = wire.expect_map(wire.decode(frame, max_size=MAX_HANDSHAKE_FRAME), kind)
-    if msg.keys() != keys:
-        raise wire.WireError(f"{kind}: expected fields {sorted(keys)}, got {sorted(msg)}")
     kind_seen = wire.str_field(msg, "t", 8, kind)
     if kind_seen != kind:
         raise wire.WireError(f"expected {kind}, got {kind_seen!r}")
+    if msg.keys() != keys:
+        raise wire.WireError(
+            f"{kind}: expected fields {sorted(keys)}, got {sorted(map(repr, msg))}"
+        )
     if "v" in keys:
         version = wire.field(msg, "v", int, kind)
         if version != VERSION:
