@@ -6,6 +6,7 @@ nothing of the network. Everything public is re-exported here.
 
 from ._checkpoint import CheckpointError
 from ._data import DataError, Dataset, shard
+from ._files import read_features
 from ._loading import load_dataset
 from ._model_file import ModelFileError, TrainedModel, load_model
 from ._run import Progress, Run, RunStatus, TrainingFailed, TrainResult
@@ -37,5 +38,6 @@ __all__ = [
     "TrainingFailed",
     "load_dataset",
     "load_model",
+    "read_features",
     "shard",
 ]

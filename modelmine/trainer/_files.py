@@ -38,8 +38,9 @@ def load_file(
         shape: tuple[int, ...] = tuple(x.shape[1:]) if x.ndim > 2 else ()
         x = x.reshape(len(x), -1)
     else:
-        x, labels, names = _read_csv(path, what, label)
+        x, labels, names = _read_csv(path, what, label, label_required=True)
         shape = ()
+    assert labels is not None, "a required label column is always found or refused"
     if image_shape:
         wanted = (*image_shape, 1) if len(image_shape) == 2 else tuple(image_shape)
         if math.prod(wanted) != x.shape[1]:
@@ -57,11 +58,11 @@ def load_file(
 
 
 def _read_csv(
-    path: Path, what: str, label: str
-) -> tuple[NDArray[np.float64], list[str], tuple[str, ...]]:
+    path: Path, what: str, label: str, *, label_required: bool
+) -> tuple[NDArray[np.float64], list[str] | None, tuple[str, ...]]:
     try:
         with path.open(encoding="utf-8-sig", newline="") as stream:
-            return _parse_csv(csv.reader(stream), what, label)
+            return _parse_csv(csv.reader(stream), what, label, label_required)
     except UnicodeDecodeError:
         raise DataError(f"{what}: not UTF-8 text (expected CSV or NPZ)") from None
     except csv.Error as exc:
@@ -71,15 +72,15 @@ def _read_csv(
 
 
 def _parse_csv(
-    rows: Any, what: str, label: str
-) -> tuple[NDArray[np.float64], list[str], tuple[str, ...]]:
+    rows: Any, what: str, label: str, label_required: bool
+) -> tuple[NDArray[np.float64], list[str] | None, tuple[str, ...]]:
     header = next((r for r in rows if r), None)
     if header is None:
         raise DataError(f"{what}: empty: no header row")
     header = [name.strip() for name in header]
     if len(header) > MAX_COLUMNS + 1:
         raise DataError(f"{what}: too many columns: {len(header)}, at most {MAX_COLUMNS + 1}")
-    if label not in header:
+    if label not in header and label_required:
         raise DataError(
             f"{what}: no label column {label!r}{did_you_mean(label, header)} "
             f"(columns: {', '.join(header[:10])}{', ...' if len(header) > 10 else ''}); "
@@ -88,9 +89,9 @@ def _parse_csv(
     duplicates = sorted({n for n in header if header.count(n) > 1})
     if duplicates:
         raise DataError(f"{what}: duplicate column names: {', '.join(duplicates)}")
-    if len(header) < 2:
+    label_at = header.index(label) if label in header else None
+    if len(header) < 1 + (label_at is not None):
         raise DataError(f"{what}: no feature columns besides the label column {label!r}")
-    label_at = header.index(label)
     names = tuple(n for i, n in enumerate(header) if i != label_at)
     max_rows = min(MAX_ROWS, MAX_CELLS // len(names))
     chunks: list[NDArray[np.float64]] = []
@@ -106,7 +107,7 @@ def _parse_csv(
             )
         if len(labels) >= max_rows:
             raise DataError(f"{what}: too many rows: more than {max_rows:,}")
-        labels.append(cells.pop(label_at).strip())
+        labels.append(cells.pop(label_at).strip() if label_at is not None else "")
         pending.append(cells)
         if len(pending) == _CHUNK:
             chunks.append(_numbers(pending, names, what, len(labels) - len(pending)))
@@ -115,7 +116,7 @@ def _parse_csv(
         chunks.append(_numbers(pending, names, what, len(labels) - len(pending)))
     if not labels:
         raise DataError(f"{what}: has a header but no data rows")
-    return np.concatenate(chunks), labels, names
+    return np.concatenate(chunks), labels if label_at is not None else None, names
 
 
 def _numbers(
@@ -145,17 +146,50 @@ def _numbers(
     return table
 
 
-def _read_npz(path: Path, what: str) -> tuple[NDArray[np.float64], list[Any], tuple[str, ...]]:
+def read_features(
+    path: Path, *, feature_names: Sequence[str], label: str
+) -> tuple[NDArray[np.float64], list[Any] | None]:
+    """Feature rows for prediction from a CSV or NPZ file, and the labels if the file has them.
+
+    CSV columns are matched by name when the file has every feature name, otherwise by
+    position (all columns but `label`); an NPZ needs X and may have y.
+    """
+    what = f"data file {str(path)!r}"
+    try:
+        with path.open("rb") as stream:
+            magic = stream.read(4)
+    except OSError as exc:
+        raise DataError(f"{what}: cannot read: {exc.strerror or exc}") from None
+    if magic == b"PK\x03\x04":
+        x, labels, _ = _read_npz(path, what, y_required=False)
+        x = x.reshape(len(x), -1)
+        names: tuple[str, ...] = tuple(feature_names)
+    else:
+        x, labels, names = _read_csv(path, what, label, label_required=False)
+    if set(feature_names) <= set(names) and len(set(feature_names)) == len(feature_names):
+        x = x[:, [names.index(n) for n in feature_names]]
+    elif x.shape[1] != len(feature_names):
+        raise DataError(
+            f"{what}: has {x.shape[1]} feature columns, the model takes {len(feature_names)} "
+            f"({', '.join(feature_names[:5])}{', ...' if len(feature_names) > 5 else ''})"
+        )
+    return x, labels
+
+
+def _read_npz(
+    path: Path, what: str, *, y_required: bool = True
+) -> tuple[NDArray[np.float64], list[Any] | None, tuple[str, ...]]:
     try:
         arrays, _ = read_npz(str(path), max_elements=MAX_CELLS + MAX_ROWS, what=what)
     except NpzError as exc:
         raise DataError(str(exc)) from None
-    missing = [name for name in ("X", "y") if name not in arrays]
+    missing = [name for name in ("X", "y")[: 1 + y_required] if name not in arrays]
     if missing:
         raise DataError(
             f"{what}: no array named {' or '.join(missing)} (found: {', '.join(sorted(arrays)) or 'none'})"
         )
-    x, y = arrays["X"], arrays["y"]
+    x = arrays["X"]
+    y = arrays.get("y", np.zeros(len(x)) if x.ndim else np.zeros(0))
     if x.ndim < 2 or x.ndim > 4:
         raise DataError(
             f"{what}: X must have 2 to 4 dimensions (rows, features...), got shape {x.shape}"
@@ -175,7 +209,7 @@ def _read_npz(path: Path, what: str) -> tuple[NDArray[np.float64], list[Any], tu
             bad = np.argwhere(~np.isfinite(array))
             raise DataError(f"{what}: {name}{bad[0].tolist()} is not allowed (NaN or infinity)")
     names = tuple(f"x{i}" for i in range(width))
-    return x64, list(y.tolist()), names
+    return x64, list(y.tolist()) if "y" in arrays else None, names
 
 
 def _targets(labels: list[Any], task: str, what: str) -> tuple[np.ndarray, tuple[Label, ...]]:

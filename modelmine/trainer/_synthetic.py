@@ -60,8 +60,8 @@ def _moons(rng: np.random.Generator, n: int, noise: float) -> tuple[np.ndarray, 
 def _spirals(
     rng: np.random.Generator, n: int, classes: int, noise: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Interleaved arms winding once around the origin; `noise` perturbs the angle (radians)."""
+    """Interleaved arms winding 1.5 times around the origin; `noise` perturbs the angle (radians)."""
     y = _labels(n, classes)
     radius = rng.uniform(0.05, 1.0, n)
-    angle = 2 * np.pi * (y / classes + radius) + noise * rng.standard_normal(n)
+    angle = 2 * np.pi * y / classes + 3 * np.pi * radius + noise * rng.standard_normal(n)
     return np.stack([radius * np.sin(angle), radius * np.cos(angle)], axis=1), y
