@@ -44,7 +44,11 @@ BOOTSTRAP_EVERY: Final = 30.0
 BOOTSTRAP_EVERY_WHEN_ALONE: Final = 3.0
 PERSIST_EVERY: Final = 5.0
 
-_CLOSE = object()
+@dataclass(frozen=True)
+class _Close:
+    """Queued after a link's pending frames: close it once they are sent."""
+
+    reason: str
 
 
 @dataclass
@@ -161,7 +165,7 @@ class Host:
         if entry is None:
             return
         try:
-            entry.queue.send_nowait(_CLOSE)  # after the frames already queued
+            entry.queue.send_nowait(_Close(action.reason))  # after the frames already queued
         except (trio.WouldBlock, trio.ClosedResourceError):
             entry.scope.cancel()
 
@@ -209,11 +213,8 @@ class Host:
                 self._apply(self.overlay.on_link_up(peer, link.initiator, trio.current_time()))
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._write_link, link, receive, nursery.cancel_scope)
-                    while True:
-                        data = await link.receive()
-                        self._apply(self.overlay.on_frame(peer, data, trio.current_time()))
-        except transport.LinkClosed as exc:
-            log.info("link to %s closed: %s", peer.hex()[:8], exc)
+                    await self._read_link(link)
+                    nursery.cancel_scope.cancel()
         finally:
             send.close()
             if self._links.get(peer) is entry:
@@ -221,6 +222,14 @@ class Host:
                 self._apply(self.overlay.on_link_down(peer, trio.current_time()))
             with trio.CancelScope(shield=True):
                 await link.aclose()
+
+    async def _read_link(self, link: transport.PeerLink) -> None:
+        try:
+            while True:
+                data = await link.receive()
+                self._apply(self.overlay.on_frame(link.peer_id, data, trio.current_time()))
+        except transport.LinkClosed as exc:
+            log.info("link to %s closed: %s", link.peer_id.hex()[:8], exc)
 
     async def _write_link(
         self,
@@ -230,8 +239,8 @@ class Host:
     ) -> None:
         try:
             async for frame in queue:
-                if frame is _CLOSE:
-                    await link.aclose(1008, "policy violation")
+                if isinstance(frame, _Close):
+                    await link.aclose(transport.CLOSE_POLICY_VIOLATION, frame.reason)
                     break
                 assert isinstance(frame, bytes)
                 await link.send(frame)

@@ -1,0 +1,172 @@
+"""Real node processes on loopback for integration tests: start, query, kill -9, restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from modelmine.control_client import ControlUnavailable, open_control_client
+from modelmine.devnet import write_network
+from modelmine.genesis import Genesis
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["OPENBLAS_NUM_THREADS"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@dataclass
+class Proc:
+    name: str
+    argv: list[str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env()
+        )
+        log.close()
+
+    def kill9(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+@dataclass
+class Cluster:
+    root: Path
+    n: int
+    genesis: Genesis = field(init=False)
+    bootstrap: Proc = field(init=False)
+    nodes: list[Proc] = field(init=False)
+    ports: list[int] = field(init=False)
+    bootstrap_url: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.genesis = write_network(self.root, self.n, chain_id="test-net")
+        boot_port = free_port()
+        self.bootstrap_url = f"ws://127.0.0.1:{boot_port}"
+        py = [sys.executable, "-m", "modelmine", "--log-level", "INFO"]
+        self.bootstrap = Proc(
+            "bootstrap",
+            [
+                *py,
+                "bootstrap",
+                "--listen",
+                f"127.0.0.1:{boot_port}",
+                "--genesis",
+                str(self.root / "genesis.json"),
+            ],
+            self.root / "bootstrap.log",
+        )
+        self.ports = [free_port() for _ in range(self.n)]
+        self.nodes = [
+            Proc(
+                f"node-{i}",
+                [
+                    *py,
+                    "node",
+                    "--data-dir",
+                    str(self.data_dir(i)),
+                    "--name",
+                    f"node-{i}",
+                    "--listen",
+                    f"127.0.0.1:{self.ports[i - 1]}",
+                    "--bootstrap",
+                    self.bootstrap_url,
+                    "--genesis",
+                    str(self.root / "genesis.json"),
+                ],
+                self.data_dir(i) / "node.log",
+            )
+            for i in range(1, self.n + 1)
+        ]
+
+    def data_dir(self, i: int) -> Path:
+        return self.root / f"node-{i}"
+
+    def node_id(self, i: int) -> str:
+        return self.genesis.validators[i - 1].node_id.hex()
+
+    def start(self) -> None:
+        self.bootstrap.start()
+        for node in self.nodes:
+            node.start()
+
+    def stop(self) -> None:
+        for proc in [*self.nodes, self.bootstrap]:
+            proc.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"==== {p.name}\n{p.log()[-4000:]}" for p in [self.bootstrap, *self.nodes])
+
+
+async def call(data_dir: Path, method: str, **params: Any) -> Any:
+    async with open_control_client(data_dir) as client:
+        return await client.call(method, **params)
+
+
+async def try_call(data_dir: Path, method: str, **params: Any) -> Any:
+    try:
+        return await call(data_dir, method, **params)
+    except (ControlUnavailable, OSError):
+        return None
+
+
+async def wait_for(
+    predicate: Callable[[], Awaitable[bool]], limit: float, what: str, poll: float = 0.5
+) -> float:
+    """Poll ``predicate`` until true; returns the seconds it took, or fails naming ``what``."""
+    start = time.monotonic()
+    while True:
+        if await predicate():
+            return time.monotonic() - start
+        if time.monotonic() - start > limit:
+            raise AssertionError(f"timed out after {limit} s waiting for {what}")
+        await trio.sleep(poll)
+
+
+async def peer_statuses(data_dir: Path) -> dict[str, dict[str, Any]]:
+    peers = await try_call(data_dir, "peers")
+    return {p["node_id"]: p for p in peers or []}
