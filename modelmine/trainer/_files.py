@@ -62,7 +62,7 @@ def _read_csv(
 ) -> tuple[NDArray[np.float64], list[str] | None, tuple[str, ...]]:
     try:
         with path.open(encoding="utf-8-sig", newline="") as stream:
-            return _parse_csv(csv.reader(stream), what, label, label_required)
+            return _parse_csv(csv.reader(stream, strict=True), what, label, label_required)
     except UnicodeDecodeError:
         raise DataError(f"{what}: not UTF-8 text (expected CSV or NPZ)") from None
     except csv.Error as exc:
