@@ -63,6 +63,7 @@ class OverlayConfig:
     dial_backoff_min: float = 1.0
     dial_backoff_max: float = 60.0
     max_known_peers: int = 4096
+    sync_max: int = 64
 
 
 # ---- actions returned to the driver ----
@@ -194,6 +195,7 @@ class Overlay:
         self._validators: dict[str, TopicValidator] = {HEARTBEAT_TOPIC: self._check_heartbeat}
         self._self_record: Signed | None = None
         self._records: dict[bytes, bytes] = {}  # node id -> its newest signed peer record
+        self._heartbeats: dict[bytes, bytes] = {}  # node id -> its newest signed heartbeat
         self._delivered = self._duplicates = self._rejected = 0
 
     # ---- configuration by the driver ----
@@ -281,6 +283,13 @@ class Overlay:
         if self._self_record is not None:
             actions.append(Send(peer, wire.encode({"t": "hello", "record": self._self_record.raw})))
         actions.append(Send(peer, wire.encode({"t": "getpeers"})))
+        # Membership sync: a new neighbour learns every live member at once instead of waiting
+        # a heartbeat interval (like memberlist's push/pull on join). Bounded by sync_max.
+        live = [m.node_id for m in self.members.live() if m.node_id in self._heartbeats]
+        self.rng.shuffle(live)
+        for node_id in live[: self.config.sync_max]:
+            frame = {"t": "gossip", "topic": HEARTBEAT_TOPIC, "data": self._heartbeats[node_id]}
+            actions.append(Send(peer, wire.encode(frame)))
         return actions
 
     def on_link_down(self, peer: bytes, now: float) -> list[Action]:
@@ -403,6 +412,7 @@ class Overlay:
         change = self.members.observe(hb, now)
         if change is not None:
             actions.append(MembersChanged((change,)))
+        self._heartbeats[hb.node_id] = statement.raw
         if hb.address and hb.node_id != self.node_id:
             actions += self.add_known(hb.node_id, hb.address, hb.name)
         return actions
