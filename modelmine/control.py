@@ -264,6 +264,10 @@ class EventBuffer(Generic[T]):
         dropped, self._dropped = self._dropped, 0
         return dropped
 
+    def peek(self) -> T | None:
+        """The oldest item without removing it, or None when empty."""
+        return self._items[0] if self._items else None
+
     def pop(self) -> T | None:
         """The oldest item, or None when empty."""
         return self._items.popleft() if self._items else None
@@ -316,22 +320,26 @@ class _Subscription:
         self.id = sub_id
         self.topic = topic
         self.session = session
-        # (concrete topic, event JSON): the topic differs from self.topic for prefix topics.
-        self.buffer: EventBuffer[tuple[str, str]] = EventBuffer(capacity)
+        # (publish sequence number, concrete topic, event JSON); the concrete topic differs
+        # from self.topic for a family subscription such as "progress:".
+        self.buffer: EventBuffer[tuple[int, str, str]] = EventBuffer(capacity)
         # Events are held back until the client has the subscribe response, so that it can
         # always tell which subscription a notification belongs to.
         self.ready = False
 
+    def next_seq(self) -> int | None:
+        """Sequence number of the next event to send, None if there is none (or not yet)."""
+        head = self.buffer.peek()
+        return head[0] if head is not None and self.ready else None
+
     def next_message(self) -> str | None:
-        if not self.ready:
-            return None
+        """The next notification: the lost-events marker if events were dropped, else the
+        oldest queued event."""
         dropped = self.buffer.take_dropped()
         if dropped:
             return _notification(self.topic, self.id, f'{{"dropped":{dropped}}}')
         item = self.buffer.pop()
-        if item is None:
-            return None
-        return _notification(item[0], self.id, item[1])
+        return None if item is None else _notification(item[1], self.id, item[2])
 
 
 class _ClientTooSlow(Exception):
@@ -431,6 +439,7 @@ class ControlServer:
         self._prefixes: set[str] = set()
         self._subscribers: dict[str, set[_Subscription]] = {}
         self._sub_ids = itertools.count(1)
+        self._event_seq = itertools.count()
         self._connections = 0
         self._events_dropped = 0
         self._url: str | None = None
@@ -481,13 +490,14 @@ class ControlServer:
         if "dropped" in event:
             raise ValueError('the event key "dropped" is reserved for the lost-events marker')
         encoded = _encode(dict(event))
+        seq = next(self._event_seq)
         if len(encoded) > _MAX_EVENT_SIZE:
             raise ValueError(f"event of {len(encoded)} characters is over {_MAX_EVENT_SIZE}")
         for key in (topic, family):
             if key is None:
                 continue
             for sub in self._subscribers.get(key, ()):
-                if sub.buffer.put((topic, encoded)):
+                if sub.buffer.put((seq, topic, encoded)):
                     self._events_dropped += 1
                 sub.session.wake()
 
@@ -673,19 +683,28 @@ class _Session:
             # Half a frame may be on the wire: the connection cannot be used any more.
             raise _ClientTooSlow
 
+    def _next_message(self) -> str | None:
+        """The next notification in publish order across this connection's subscriptions."""
+        best: _Subscription | None = None
+        best_seq = 0
+        for sub in self.subscriptions.values():
+            seq = sub.next_seq()
+            if seq is not None and (best is None or seq < best_seq):
+                best, best_seq = sub, seq
+        return None if best is None else best.next_message()
+
     async def _pump(self) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
-            for sub in list(self.subscriptions.values()):
-                while True:
-                    # Taking the message under the lock orders it before any later response,
-                    # so no event of a subscription arrives after its unsubscribe response.
-                    async with self._send_lock:
-                        message = sub.next_message()
-                        if message is None:
-                            break
-                        await self._send_locked(message)
+            while True:
+                # Taking the message under the lock orders it before any later response,
+                # so no event of a subscription arrives after its unsubscribe response.
+                async with self._send_lock:
+                    message = self._next_message()
+                    if message is None:
+                        break
+                    await self._send_locked(message)
 
     async def _read_loop(self, nursery: trio.Nursery) -> None:
         while True:
