@@ -164,7 +164,11 @@ class ControlClient:
                 sub.id = result
                 self._subscriptions[result] = sub
 
-        await self._request("rpc.subscribe", {"topic": topic}, None, register)
+        try:
+            await self._request("rpc.subscribe", {"topic": topic}, None, register)
+        except BaseException:
+            self._subscriptions.pop(sub.id, None)
+            raise
         try:
             yield sub
         finally:
@@ -208,7 +212,7 @@ class ControlClient:
                     await pending.done.wait()
                 finally:
                     del self._pending[call_id]
-        if scope.cancelled_caught:
+        if scope.cancelled_caught and not pending.done.is_set():
             raise ControlTimeout(
                 f"the node at {self.url} did not answer {method} within {limit:g} s"
             )

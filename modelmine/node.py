@@ -47,6 +47,7 @@ class NodeConfig:
     name: str = ""
     maintenance: bool = False
     slots: int = DEFAULT_SLOTS
+    advertise: str | None = None
 
 
 def load_genesis(config: NodeConfig, key: SigningKey) -> Genesis:
@@ -99,6 +100,7 @@ class Node:
             peerstore=self.peerstore,
             on_deliver=self._on_deliver,
             on_members=self._on_members,
+            advertise=config.advertise,
         )
         self.control = control.ControlServer(control.new_token())
         self.metrics = MetricsSampler()

@@ -50,6 +50,11 @@ def register(sub: Any) -> None:
     p.add_argument("--listen", type=parse_hostport, default=("127.0.0.1", 0))
     p.add_argument("--control", type=parse_hostport, default=("127.0.0.1", 0))
     p.add_argument("--bootstrap", action="append", default=[], metavar="ws://HOST:PORT")
+    p.add_argument(
+        "--advertise",
+        metavar="ws://HOST:PORT",
+        help="the address peers should dial (default: from --listen)",
+    )
     p.add_argument("--genesis", type=Path)
     p.add_argument("--name", default="")
     p.add_argument("--maintenance", action="store_true", help="take no jobs")
@@ -93,11 +98,11 @@ def cmd_node(args: argparse.Namespace) -> int:
     from modelmine.p2p.overlay import check_address
     from modelmine.wire import WireError
 
-    for url in args.bootstrap:
+    for url in [*args.bootstrap, *([args.advertise] if args.advertise else [])]:
         try:
             check_address(url)
         except WireError as exc:
-            raise CommandError(f"--bootstrap: {exc}") from None
+            raise CommandError(f"--bootstrap/--advertise: {exc}") from None
     if not 1 <= args.slots <= 64:
         raise CommandError("--slots: must be 1..64")
     config = NodeConfig(
@@ -111,6 +116,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         name=args.name,
         maintenance=args.maintenance,
         slots=args.slots,
+        advertise=args.advertise,
     )
     if logging.getLogger().level > logging.INFO:
         logging.getLogger().setLevel(logging.INFO)

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 ROUND_WINDOW: Final = 4  # votes and proposals are stored for rounds up to current + this
 MAX_PROPOSALS_PER_ROUND: Final = 2  # the first one is acted on; a second one is evidence
+MAX_VALUES_PER_VALIDATOR: Final = 4  # per (round, type); more is equivocation we stop storing
 MAX_PENDING: Final = 10_000
 
 
@@ -112,17 +113,32 @@ Action = Broadcast | ScheduleTimeout | PersistSignState | Decide | Evidence
 
 
 class _VoteSet:
-    """Votes of one (round, type): the first vote of each validator counts."""
+    """Votes of one (round, type).
+
+    As in the paper, a validator that votes for two values counts towards both (its
+    signatures are real; quorum intersection already allows for it), but towards ``total``,
+    the power that voted at all, only once. Past the first, a validator's votes are kept only
+    for nil or a block this node holds, and only ``MAX_VALUES_PER_VALIDATOR`` of them.
+    """
 
     def __init__(self) -> None:
-        self.votes: dict[bytes, Vote] = {}
+        self.by_validator: dict[bytes, dict[bytes | None, Vote]] = {}
         self.power: dict[bytes | None, int] = {}
         self.total = 0
 
     def add(self, vote: Vote, power: int) -> None:
-        self.votes[vote.validator] = vote
+        values = self.by_validator.setdefault(vote.validator, {})
+        if not values:
+            self.total += power
+        values[vote.block_hash] = vote
         self.power[vote.block_hash] = self.power.get(vote.block_hash, 0) + power
-        self.total += power
+
+    def all(self) -> list[Vote]:
+        return [vote for values in self.by_validator.values() for vote in values.values()]
+
+    def for_value(self, block_hash: bytes | None) -> list[Vote]:
+        found = (values.get(block_hash) for values in self.by_validator.values())
+        return [vote for vote in found if vote is not None]
 
 
 class _HeightLog:
@@ -311,21 +327,24 @@ class Tendermint:
         if log_ is None:
             return out
         voteset = log_.voteset(vote.round, vote.type)
-        earlier = voteset.votes.get(vote.validator)
-        if earlier == vote:
+        earlier = voteset.by_validator.get(vote.validator, {})
+        if vote.block_hash in earlier:
             return out
         vote.verify(self.validators, self.chain_id)
-        if earlier is not None:
+        if earlier:
+            first = next(iter(earlier))
             self._report(
                 log_,
                 vote.validator,
                 vote.round,
                 str(vote.type),
                 f"two {vote.type}s at height {vote.height} round {vote.round}: "
-                f"{_short(earlier.block_hash)} and {_short(vote.block_hash)}",
+                f"{_short(first)} and {_short(vote.block_hash)}",
                 out,
             )
-            return out
+            relevant = vote.block_hash is None or vote.block_hash in log_.blocks
+            if not relevant or len(earlier) >= MAX_VALUES_PER_VALIDATOR:
+                return out
         voteset.add(vote, self.validators.power_of(vote.validator))
         if log_.claim(vote.validator, vote.round):
             self._claims_changed = True
@@ -489,11 +508,7 @@ class Tendermint:
                 if block is None or self._validity(block) is not None:
                     continue
                 signatures = tuple(
-                    sorted(
-                        (v.validator, v.signature)
-                        for v in voteset.votes.values()
-                        if v.block_hash == block_hash
-                    )
+                    sorted((v.validator, v.signature) for v in voteset.for_value(block_hash))
                 )
                 commit = Commit(self.height, round, block_hash, signatures)
                 self._decision = Decide(block, commit)
@@ -636,7 +651,7 @@ class Tendermint:
         self._own.append(vote)
         out.append(Broadcast(vote))
         voteset = self._log.voteset(self._round, type)
-        if vote.validator not in voteset.votes:
+        if block_hash not in voteset.by_validator.get(vote.validator, {}):
             voteset.add(vote, self.validators.power_of(vote.validator))
 
     # ---- bookkeeping ----
@@ -679,12 +694,12 @@ class Tendermint:
         own_ids = {id(m) for m in self._own}
         for (round, _), voteset in self._log.votes.items():
             if r - 1 <= round <= r:
-                out.extend(Broadcast(v) for v in voteset.votes.values() if id(v) not in own_ids)
+                out.extend(Broadcast(v) for v in voteset.all() if id(v) not in own_ids)
         for proposal in self._log.proposals.get(r, [])[:1]:
             if proposal.pol_round >= 0:
                 prevotes = self._log.votes.get((proposal.pol_round, VoteType.PREVOTE))
                 if prevotes is not None:
-                    out.extend(Broadcast(v) for v in prevotes.votes.values())
+                    out.extend(Broadcast(v) for v in prevotes.for_value(proposal.block.hash))
 
 
 def _short(value: bytes | None) -> str:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
+import psutil
 import trio
 from nacl.signing import SigningKey
 
@@ -80,7 +82,9 @@ class Host:
         on_deliver: Callable[[Deliver], None] | None = None,
         on_members: Callable[[tuple[MemberChange, ...]], None] | None = None,
         rng: random.Random | None = None,
+        advertise: str | None = None,
     ) -> None:
+        self.advertise = advertise
         self.identity = identity
         self.node_id = bytes(identity.verify_key)
         self.network_id = network_id
@@ -110,10 +114,7 @@ class Host:
                 transport.serve_peers, identity=self.identity, network_id=self.network_id
             )
             port = await nursery.start(serve, self._serve_link, self.listen_host, self.listen_port)
-            advertised_host = (
-                self.listen_host if self.listen_host not in ("0.0.0.0", "::") else "127.0.0.1"
-            )
-            self.address = f"ws://{advertised_host}:{port}"
+            self.address = self.advertise or f"ws://{_advertised_host(self.listen_host)}:{port}"
             self.overlay.set_self_record(self.address, self.name, time.time())
             nursery.start_soon(self._tick_loop)
             nursery.start_soon(self._persist_loop)
@@ -309,3 +310,15 @@ class Host:
                     self._apply(self.overlay.add_record(raw, now))
         except (OSError, trio.TooSlowError, transport.ConnectFailed, wire.WireError) as exc:
             log.info("bootstrap %s unavailable: %s", url, exc or type(exc).__name__)
+
+
+def _advertised_host(listen_host: str) -> str:
+    """The address peers should dial: the listen host, or for a wildcard the first
+    non-loopback IPv4 address of this machine (loopback if it has none)."""
+    if listen_host not in ("0.0.0.0", "::", ""):
+        return listen_host
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family == socket.AF_INET and not address.address.startswith("127."):
+                return str(address.address)
+    return "127.0.0.1"

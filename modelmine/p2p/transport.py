@@ -272,6 +272,7 @@ async def connect_peer(
     """
     handshake = Handshake.initiator(identity, network_id, expected_peer)
     ws: WebSocketConnection | None = None
+    close_with = (CLOSE_INTERNAL_ERROR, "dial abandoned")
     try:
         with trio.fail_after(handshake_timeout):
             ws = await trio_websocket.connect_websocket_url(
@@ -283,23 +284,22 @@ async def connect_peer(
             )
             await ws.send_message(handshake.start())
             session = await _run_handshake(ws, handshake)
+        close_with = (0, "")
     except HandshakeError as exc:
-        if ws is not None:
-            await _close_websocket(ws, CLOSE_HANDSHAKE_FAILED, f"handshake failed: {exc}")
+        close_with = (CLOSE_HANDSHAKE_FAILED, f"handshake failed: {exc}")
         raise ConnectFailed(f"handshake with {url} failed: {exc}") from exc
     except ConnectionClosed as exc:
         _, text = _describe_close(exc)
         raise ConnectFailed(f"{url} closed the connection during the handshake ({text})") from None
     except trio.TooSlowError:
-        if ws is not None:
-            await _close_websocket(ws, CLOSE_HANDSHAKE_FAILED, "handshake timeout")
+        close_with = (CLOSE_HANDSHAKE_FAILED, "handshake timeout")
         raise ConnectFailed(f"no handshake with {url} within {handshake_timeout} s") from None
     except (OSError, ValueError, trio_websocket.HandshakeError) as exc:
         raise ConnectFailed(f"cannot open a websocket to {url}: {exc!r}") from None
-    except BaseException:
-        if ws is not None:
-            await _close_websocket(ws, CLOSE_INTERNAL_ERROR, "cancelled")
-        raise
+    finally:
+        # Also after the peer closed: trio-websocket leaves a client's TCP stream open.
+        if close_with[0] and ws is not None:
+            await _close_websocket(ws, *close_with)
     return PeerLink(ws, session, _endpoint_text(ws.remote), initiator=True)
 
 

@@ -151,8 +151,14 @@ BAD_NPZ = [
     (dict(y=np.ones(4)), "no array named X (found: y)"),
     (dict(X=np.ones(4), y=np.ones(4)), "X must have 2 to 4 dimensions"),
     (dict(X=np.ones((4, 3)), y=np.ones(5)), "y must have shape (4,) to match X, got (5,)"),
-    (dict(X=np.array([[1.0, np.nan]] * 4), y=np.arange(4)), "X[0, 1] is not allowed (NaN or infinity)"),
-    (dict(X=np.ones((4, 2)), y=np.array([0, 1, np.inf, 0])), "y[2] is not allowed (NaN or infinity)"),
+    (
+        dict(X=np.array([[1.0, np.nan]] * 4), y=np.arange(4)),
+        "X[0, 1] is not allowed (NaN or infinity)",
+    ),
+    (
+        dict(X=np.ones((4, 2)), y=np.array([0, 1, np.inf, 0])),
+        "y[2] is not allowed (NaN or infinity)",
+    ),
     (dict(X=np.array([["a", "b"]] * 4), y=np.arange(4)), "array 'X' has dtype <U1; only numbers"),
     (dict(X=np.ones((4, 5000)), y=np.arange(4)), "X has 5000 features per row, must be 1..4096"),
 ]
@@ -183,7 +189,9 @@ def test_too_many_npz_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert "too many rows: 11, at most 10" in load_error(path)
 
 
-def test_oversized_npz_is_refused_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_oversized_npz_is_refused_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(_files, "MAX_CELLS", 10)
     monkeypatch.setattr(_files, "MAX_ROWS", 10)
     path = write(tmp_path, npz_bytes(X=np.ones((30, 2)), y=np.arange(30) % 2), "d.npz")

@@ -133,7 +133,9 @@ def test_conv2d_matches_a_direct_convolution() -> None:
     assert np.allclose(Conv2D(w, b).forward(x, False), expected)
 
 
-@pytest.mark.parametrize(("size", "shape"), [(2, (2, 4, 6, 3)), (2, (2, 5, 5, 2)), (3, (1, 6, 7, 2))])
+@pytest.mark.parametrize(
+    ("size", "shape"), [(2, (2, 4, 6, 3)), (2, (2, 5, 5, 2)), (3, (1, 6, 7, 2))]
+)
 def test_maxpool(size: int, shape: tuple[int, ...]) -> None:
     check_layer(lambda: MaxPool2D(size), rng().standard_normal(shape))
 
@@ -146,7 +148,9 @@ def test_maxpool_gives_a_tied_window_one_gradient() -> None:
     assert dx is not None and dx.sum() == 1
 
 
-def check_loss(loss_fn: Callable[[Array, Any], tuple[float, Array]], out: Array, target: Any) -> None:
+def check_loss(
+    loss_fn: Callable[[Array, Any], tuple[float, Array]], out: Array, target: Any
+) -> None:
     _, grad = loss_fn(out, target)
     assert_close(grad, numeric_gradient(lambda: loss_fn(out, target)[0], out))
 

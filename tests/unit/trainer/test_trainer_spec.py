@@ -104,7 +104,10 @@ BAD_FIELDS = [
     (with_("", description=5), "description: must be a string, got 5"),
     (with_("", stake=0), "stake: must be 1..1000000, got 0"),
     (with_("", stake=2_000_000), "stake: must be 1..1000000, got 2000000"),
-    (with_("model", kind="rnn"), "model.kind: must be one of linear, logistic, mlp, cnn, got \"rnn\""),
+    (
+        with_("model", kind="rnn"),
+        'model.kind: must be one of linear, logistic, mlp, cnn, got "rnn"',
+    ),
     ({"title": "x", "dataset": {"name": "digits"}}, "model.kind: required"),
     (with_("model", hidden=[0]), "model.hidden[0]: must be an integer 1..4096, got 0"),
     (with_("model", hidden=[5000]), "model.hidden[0]: must be an integer 1..4096, got 5000"),
@@ -122,34 +125,58 @@ BAD_FIELDS = [
     (with_("model", kind="logistic", hidden=[4]), "model.hidden: only used by mlp and cnn models"),
     (with_("dataset", name="mnist"), "dataset.name: must be one of digits, iris"),
     ({"title": "x", "model": {"kind": "mlp"}}, "dataset.name: required"),
-    (with_("dataset", validation_split=0.9), "dataset.validation_split: must be 0.05..0.5, got 0.9"),
+    (
+        with_("dataset", validation_split=0.9),
+        "dataset.validation_split: must be 0.05..0.5, got 0.9",
+    ),
     (with_("dataset", seed=-1), "dataset.seed: must be 0..4294967295, got -1"),
     (with_("dataset", standardize="yes"), 'dataset.standardize: must be true or false, got "yes"'),
     (with_("dataset", samples=100), "dataset.samples: only used by synthetic datasets"),
     (with_("dataset", name="moons", samples=5), "dataset.samples: must be 20..100000, got 5"),
-    (with_("dataset", name="moons", samples=10**6), "dataset.samples: must be 20..100000, got 1000000"),
+    (
+        with_("dataset", name="moons", samples=10**6),
+        "dataset.samples: must be 20..100000, got 1000000",
+    ),
     (with_("dataset", name="moons", noise=-1), "dataset.noise: must be 0..10, got -1"),
     (with_("dataset", name="blobs", classes=11), "dataset.classes: must be 2..10, got 11"),
-    (with_("dataset", name="moons", classes=3), "dataset.classes: only used by the blobs and spirals"),
+    (
+        with_("dataset", name="moons", classes=3),
+        "dataset.classes: only used by the blobs and spirals",
+    ),
     (with_("dataset", name="blobs", features=0), "dataset.features: must be 1..1000, got 0"),
     (with_("dataset", path="x.csv"), 'dataset.path: only used when name = "file"'),
-    (with_("dataset", name="file"), 'dataset.path: a file dataset needs exactly one of "path" or "blob"'),
+    (
+        with_("dataset", name="file"),
+        'dataset.path: a file dataset needs exactly one of "path" or "blob"',
+    ),
     (
         with_("dataset", name="file", path="a.csv", blob="0" * 64),
         'dataset.path: a file dataset needs exactly one of "path" or "blob"',
     ),
     (with_("dataset", name="file", blob="abc"), "dataset.blob: must be 64 lowercase hex digits"),
     (with_("dataset", name="file", path="a.csv", task="ranking"), "dataset.task: must be one of"),
-    (with_("dataset", name="file", path="a.csv", label=""), "dataset.label: must be 1..200 characters"),
+    (
+        with_("dataset", name="file", path="a.csv", label=""),
+        "dataset.label: must be 1..200 characters",
+    ),
     (
         with_("dataset", name="file", path="a.csv", image_shape=[8]),
         "dataset.image_shape: must be a list of 2..3 integers",
     ),
-    (with_("hyperparameters", epochs=10_001), "hyperparameters.epochs: must be 1..10000, got 10001"),
+    (
+        with_("hyperparameters", epochs=10_001),
+        "hyperparameters.epochs: must be 1..10000, got 10001",
+    ),
     (with_("hyperparameters", batch_size=0), "hyperparameters.batch_size: must be 1..65536, got 0"),
     (with_("hyperparameters", batch_size=True), "hyperparameters.batch_size: must be an integer"),
-    (with_("hyperparameters", learning_rate=0), "hyperparameters.learning_rate: must be 1e-07..10, got 0"),
-    (with_("hyperparameters", learning_rate=11.0), "hyperparameters.learning_rate: must be 1e-07..10"),
+    (
+        with_("hyperparameters", learning_rate=0),
+        "hyperparameters.learning_rate: must be 1e-07..10, got 0",
+    ),
+    (
+        with_("hyperparameters", learning_rate=11.0),
+        "hyperparameters.learning_rate: must be 1e-07..10",
+    ),
     (
         with_("hyperparameters", learning_rate=float("nan")),
         "hyperparameters.learning_rate: must be a finite number",
@@ -161,7 +188,10 @@ BAD_FIELDS = [
         "hyperparameters.momentum: must be 0..0.999, got 1",
     ),
     (with_("hyperparameters", beta1=1.0), "hyperparameters.beta1: must be 0..0.999, got 1"),
-    (with_("hyperparameters", optimizer="sgd", beta2=0.9), "hyperparameters.beta2: only used by the adam"),
+    (
+        with_("hyperparameters", optimizer="sgd", beta2=0.9),
+        "hyperparameters.beta2: only used by the adam",
+    ),
     (with_("hyperparameters", weight_decay=2), "hyperparameters.weight_decay: must be 0..1, got 2"),
     (with_("hyperparameters", grad_clip=-1), "hyperparameters.grad_clip: must be 0..1e+06, got -1"),
     (with_("hyperparameters", schedule="linear"), "hyperparameters.schedule: must be one of"),
@@ -244,8 +274,8 @@ def test_unknown_keys_are_errors_with_a_hint() -> None:
 
 def test_misspelled_choice_gets_a_hint() -> None:
     assert errors_of(with_("dataset", name="digit")) == [
-        'dataset.name: must be one of digits, iris, wine, breast_cancer, blobs, moons, spirals, '
-        'xor, regression, file, got "digit"; did you mean \'digits\'?'
+        "dataset.name: must be one of digits, iris, wine, breast_cancer, blobs, moons, spirals, "
+        "xor, regression, file, got \"digit\"; did you mean 'digits'?"
     ]
 
 
