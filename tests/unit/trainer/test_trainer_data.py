@@ -142,7 +142,7 @@ def test_shards_partition_the_training_set() -> None:
     again = shard(dataset, 3, 1)
     assert np.array_equal(again.x_train, parts[1].x_train)
     assert parts[0].fingerprint != parts[1].fingerprint != dataset.fingerprint
-    with pytest.raises(ValueError, match="shard index must be 0..2"):
+    with pytest.raises(ValueError, match=r"shard index must be 0\.\.2"):
         shard(dataset, 3, 3)
     with pytest.raises(ValueError, match="shard count must be"):
         shard(dataset, 0, 0)

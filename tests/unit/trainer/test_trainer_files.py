@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from modelmine.trainer import DataError, DatasetSpec, load_dataset, read_features
-from modelmine.trainer import _files
+from modelmine.trainer import DataError, DatasetSpec, _files, load_dataset, read_features
 
 CSV = "a,b,label\n" + "".join(f"{i},{i * 2 % 7},{'yes' if i % 2 else 'no'}\n" for i in range(40))
 
@@ -146,21 +145,21 @@ def test_npz_image_shape_from_the_spec(tmp_path: Path) -> None:
 
 
 BAD_NPZ = [
-    (dict(X=np.ones((0, 3)), y=np.ones(0)), "empty: X has no rows"),
-    (dict(X=np.ones((4, 3))), "no array named y (found: X)"),
-    (dict(y=np.ones(4)), "no array named X (found: y)"),
-    (dict(X=np.ones(4), y=np.ones(4)), "X must have 2 to 4 dimensions"),
-    (dict(X=np.ones((4, 3)), y=np.ones(5)), "y must have shape (4,) to match X, got (5,)"),
+    ({"X": np.ones((0, 3)), "y": np.ones(0)}, "empty: X has no rows"),
+    ({"X": np.ones((4, 3))}, "no array named y (found: X)"),
+    ({"y": np.ones(4)}, "no array named X (found: y)"),
+    ({"X": np.ones(4), "y": np.ones(4)}, "X must have 2 to 4 dimensions"),
+    ({"X": np.ones((4, 3)), "y": np.ones(5)}, "y must have shape (4,) to match X, got (5,)"),
     (
-        dict(X=np.array([[1.0, np.nan]] * 4), y=np.arange(4)),
+        {"X": np.array([[1.0, np.nan]] * 4), "y": np.arange(4)},
         "X[0, 1] is not allowed (NaN or infinity)",
     ),
     (
-        dict(X=np.ones((4, 2)), y=np.array([0, 1, np.inf, 0])),
+        {"X": np.ones((4, 2)), "y": np.array([0, 1, np.inf, 0])},
         "y[2] is not allowed (NaN or infinity)",
     ),
-    (dict(X=np.array([["a", "b"]] * 4), y=np.arange(4)), "array 'X' has dtype <U1; only numbers"),
-    (dict(X=np.ones((4, 5000)), y=np.arange(4)), "X has 5000 features per row, must be 1..4096"),
+    ({"X": np.array([["a", "b"]] * 4), "y": np.arange(4)}, "array 'X' has dtype <U1; only numbers"),
+    ({"X": np.ones((4, 5000)), "y": np.arange(4)}, "X has 5000 features per row, must be 1..4096"),
 ]
 
 
