@@ -94,19 +94,21 @@ def _signature_ok(domain: str, chain_id: str, signer: bytes, body: bytes, sig: b
     return True
 
 
-def _statement(domain: str, signer: bytes, payload: dict[str, Any], sig: bytes) -> signing.Signed:
-    body = wire.encode(payload)
-    return signing.Signed(domain, signer, body, sig, wire.encode([domain, signer, body, sig]))
+def _statement_raw(domain: str, signer: bytes, body: bytes, sig: bytes) -> bytes:
+    return wire.encode([domain, signer, body, sig])
 
 
 def _parse_statement(data: bytes, domain: str) -> tuple[signing.Signed, dict[str, Any]]:
     statement = signing.parse(data)
     if statement.domain != domain:
         raise wire.WireError(f"expected a {domain} statement, got {statement.domain!r}")
-    payload = statement.payload()
-    if wire.encode(payload) != statement.body:
-        raise wire.WireError(f"{domain}: payload is not in canonical form")
-    return statement, payload
+    return statement, statement.payload()
+
+
+def _check_canonical(parsed: bytes, statement: signing.Signed) -> None:
+    # The signature is checked over the re-encoded payload, so only canonical bodies can pass.
+    if parsed != statement.body:
+        raise wire.WireError(f"{statement.domain}: payload is not in canonical form")
 
 
 def _optional_hash(msg: dict[str, Any], name: str, what: str) -> bytes | None:
@@ -275,6 +277,11 @@ class Vote:
     def payload(self) -> dict[str, Any]:
         return _vote_payload(self.type, self.height, self.round, self.block_hash)
 
+    @functools.cached_property
+    def body(self) -> bytes:
+        """The signed bytes: the canonical payload."""
+        return wire.encode(self.payload())
+
     @classmethod
     def create(
         cls,
@@ -291,7 +298,11 @@ class Vote:
 
     def to_wire(self) -> bytes:
         """The signed statement bytes, which relays forward unchanged."""
-        return _statement(VOTE_DOMAIN, self.validator, self.payload(), self.signature).raw
+        return self._raw
+
+    @functools.cached_property
+    def _raw(self) -> bytes:
+        return _statement_raw(VOTE_DOMAIN, self.validator, self.body, self.signature)
 
     @classmethod
     def from_wire(cls, data: bytes) -> Vote:
@@ -302,7 +313,7 @@ class Vote:
         kind = wire.str_field(p, "type", 16, what)
         if kind not in (VoteType.PREVOTE, VoteType.PRECOMMIT):
             raise wire.WireError(f"{what}.type: must be prevote or precommit, got {kind!r}")
-        return cls(
+        vote = cls(
             type=VoteType(kind),
             height=wire.int_field(p, "height", 1, MAX_HEIGHT, what),
             round=wire.int_field(p, "round", 0, MAX_ROUND, what),
@@ -310,13 +321,14 @@ class Vote:
             validator=statement.signer,
             signature=statement.signature,
         )
+        _check_canonical(vote.body, statement)
+        return vote
 
     def verify(self, validators: ValidatorSet, chain_id: str) -> None:
         """Raise ConsensusError unless a validator of the set signed this vote on this chain."""
         if self.validator not in validators:
             raise ConsensusError(f"vote from {_short(self.validator)}, who is not a validator")
-        body = wire.encode(self.payload())
-        if not _signature_ok(VOTE_DOMAIN, chain_id, self.validator, body, self.signature):
+        if not _signature_ok(VOTE_DOMAIN, chain_id, self.validator, self.body, self.signature):
             raise ConsensusError(
                 f"bad signature on {self.type} from {_short(self.validator)} "
                 f"at height {self.height} round {self.round}"
@@ -346,6 +358,10 @@ class Proposal:
             "block_hash": self.block.hash,
         }
 
+    @functools.cached_property
+    def body(self) -> bytes:
+        return wire.encode(self.payload())
+
     @classmethod
     def create(
         cls, key: SigningKey, chain_id: str, round: int, pol_round: int, block: Block
@@ -355,7 +371,11 @@ class Proposal:
         return cls(block.height, round, pol_round, block, statement.signature, statement.signer)
 
     def to_wire(self) -> bytes:
-        raw = _statement(PROPOSAL_DOMAIN, self.proposer, self.payload(), self.signature).raw
+        return self._wire
+
+    @functools.cached_property
+    def _wire(self) -> bytes:
+        raw = _statement_raw(PROPOSAL_DOMAIN, self.proposer, self.body, self.signature)
         return wire.encode({"statement": raw, "block": self.block.to_dict()})
 
     @classmethod
@@ -375,7 +395,9 @@ class Proposal:
             raise wire.WireError("proposal: block height differs from the proposal's")
         if pol_round >= round or block.header.round > round:
             raise wire.WireError("proposal: pol_round and block round must precede the round")
-        return cls(height, round, pol_round, block, statement.signature, statement.signer)
+        proposal = cls(height, round, pol_round, block, statement.signature, statement.signer)
+        _check_canonical(proposal.body, statement)
+        return proposal
 
     def verify(self, validators: ValidatorSet, chain_id: str) -> None:
         """Raise ConsensusError unless the proposer of (height, round) signed this proposal."""
@@ -385,8 +407,7 @@ class Proposal:
                 f"proposal for height {self.height} round {self.round} signed by "
                 f"{_short(self.proposer)}, but the proposer is {_short(expected)}"
             )
-        body = wire.encode(self.payload())
-        if not _signature_ok(PROPOSAL_DOMAIN, chain_id, self.proposer, body, self.signature):
+        if not _signature_ok(PROPOSAL_DOMAIN, chain_id, self.proposer, self.body, self.signature):
             raise ConsensusError(f"bad signature on the proposal from {_short(self.proposer)}")
 
 
