@@ -67,7 +67,9 @@ class TrainResult:
 
     `metrics` always has train_loss, val_loss, steps, seconds (training time over all
     sessions of the run) and samples_seen; val_accuracy for classification; r2 (on the
-    validation set) for regression.
+    validation set) for regression. train_loss is measured over the whole training set when
+    the run completed (or no step was taken); after a pause or cancellation it is the mean
+    batch loss of this call, which spares a pass over the training set.
     """
 
     status: RunStatus
@@ -155,6 +157,7 @@ class Run:
         start = last_report = self._clock()
         seconds_before = self._seconds
         window_loss, window_steps, window_samples = 0.0, 0, 0
+        call_loss, call_steps = 0.0, 0
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             while self._step < end:
                 if should_stop is not None and should_stop():
@@ -170,6 +173,8 @@ class Run:
                 loss, samples = self._train_step()
                 window_loss += loss
                 window_steps += 1
+                call_loss += loss
+                call_steps += 1
                 window_samples += samples
                 if on_progress is not None and now - last_report >= self.progress_interval:
                     rate = window_samples / max(now - last_report, 1e-9)
@@ -177,7 +182,10 @@ class Run:
                     last_report = now
                     window_loss, window_steps, window_samples = 0.0, 0, 0
             self._seconds = seconds_before + (self._clock() - start)
-            metrics = self._metrics()
+            if status is RunStatus.COMPLETED or call_steps == 0:
+                metrics = self._metrics(self.evaluate())
+            else:
+                metrics = self._metrics(self._quick_evaluation(call_loss / call_steps))
         if on_progress is not None:
             elapsed = self._clock() - last_report
             rate = window_samples / elapsed if elapsed > 0 else 0.0
@@ -266,8 +274,14 @@ class Run:
             self._evaluation = (self._step, metrics)
         return dict(self._evaluation[1])
 
-    def _metrics(self) -> dict[str, float | int]:
-        metrics: dict[str, float | int] = dict(self.evaluate())
+    def _quick_evaluation(self, train_loss: float) -> dict[str, float]:
+        """Metrics of a pause: the validation set is evaluated, the training set is not."""
+        val_loss, score = self._evaluate(self.dataset.x_val, self.dataset.y_val)
+        key = "val_accuracy" if self._classify else "r2"
+        return {"train_loss": train_loss, "val_loss": val_loss, key: score}
+
+    def _metrics(self, evaluation: dict[str, float]) -> dict[str, float | int]:
+        metrics: dict[str, float | int] = dict(evaluation)
         metrics |= {
             "steps": self._step,
             "seconds": self._seconds,
