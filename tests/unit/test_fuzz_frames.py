@@ -51,13 +51,18 @@ def responder_awaiting_hs3() -> tuple[Handshake, bytes]:
     return responder, hs2
 
 
+def valid_frames() -> tuple[bytes, bytes, bytes]:
+    hs1 = Handshake.initiator(ALICE, NET, rng=rng(1)).start()
+    responder, hs2 = responder_awaiting_hs3()
+    hs3 = initiator_awaiting_hs2().receive(hs2)
+    assert hs3 is not None
+    responder.receive(hs3)
+    assert responder.done
+    return hs1, hs2, hs3
+
+
 HS1 = Handshake.initiator(ALICE, NET, rng=rng(1)).start()
-_responder, HS2 = responder_awaiting_hs3()
-HS3 = initiator_awaiting_hs2().receive(HS2)
-assert HS3 is not None
-_responder.receive(HS3)
-assert _responder.done
-VALID = (HS1, HS2, HS3)
+VALID = HS1, HS2, HS3 = valid_frames()
 
 
 # The receiving states, rebuilt for each frame by a shallow copy: a handshake step replaces
