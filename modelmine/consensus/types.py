@@ -111,6 +111,12 @@ def _check_canonical(parsed: bytes, statement: signing.Signed) -> None:
         raise wire.WireError(f"{statement.domain}: payload is not in canonical form")
 
 
+def _no_extra(msg: dict[str, Any], names: Sequence[str], what: str) -> None:
+    extra = sorted(set(msg) - set(names))
+    if extra:
+        raise wire.WireError(f"{what}: unknown field {extra[0]!r}")
+
+
 def _optional_hash(msg: dict[str, Any], name: str, what: str) -> bytes | None:
     if name in msg and msg[name] is None:
         return None
@@ -118,6 +124,18 @@ def _optional_hash(msg: dict[str, Any], name: str, what: str) -> bytes | None:
 
 
 # ---- header and block ----
+
+_HEADER_FIELDS: Final = (
+    "chain_id",
+    "height",
+    "round",
+    "time",
+    "prev_hash",
+    "records_root",
+    "state_root",
+    "proposer",
+    "last_commit_hash",
+)
 
 
 @dataclass(frozen=True)
@@ -149,8 +167,7 @@ class Header:
     def from_dict(cls, value: Any) -> Header:
         what = "header"
         msg = wire.expect_map(value, what)
-        if len(msg) != 9:
-            raise wire.WireError(f"{what}: expected 9 fields, got {len(msg)}")
+        _no_extra(msg, _HEADER_FIELDS, what)
         return cls(
             chain_id=wire.str_field(msg, "chain_id", MAX_CHAIN_ID, what),
             height=wire.int_field(msg, "height", 1, MAX_HEIGHT, what),
@@ -243,8 +260,7 @@ class Block:
         for i, record in enumerate(records):
             if not isinstance(record, bytes):
                 raise wire.WireError(f"block.records[{i}]: expected bytes")
-        if len(msg) != 4:
-            raise wire.WireError(f"{what}: expected 4 fields, got {len(msg)}")
+        _no_extra(msg, ("header", "records", "signature", "last_commit"), what)
         raw_commit = wire.field(msg, "last_commit", (dict, type(None)), what)
         last_commit = None if raw_commit is None else Commit.from_dict(raw_commit)
         return cls(
@@ -308,8 +324,7 @@ class Vote:
     def from_wire(cls, data: bytes) -> Vote:
         what = "vote"
         statement, p = _parse_statement(data, VOTE_DOMAIN)
-        if len(p) != 4:
-            raise wire.WireError(f"{what}: expected 4 fields, got {len(p)}")
+        _no_extra(p, ("type", "height", "round", "block_hash"), what)
         kind = wire.str_field(p, "type", 16, what)
         if kind not in (VoteType.PREVOTE, VoteType.PRECOMMIT):
             raise wire.WireError(f"{what}.type: must be prevote or precommit, got {kind!r}")
@@ -383,8 +398,8 @@ class Proposal:
         what = "proposal"
         msg = wire.expect_map(wire.decode(data), what)
         statement, p = _parse_statement(wire.field(msg, "statement", bytes, what), PROPOSAL_DOMAIN)
-        if len(p) != 4:
-            raise wire.WireError(f"{what}: expected 4 fields, got {len(p)}")
+        _no_extra(msg, ("statement", "block"), what)
+        _no_extra(p, ("height", "round", "pol_round", "block_hash"), what)
         block = Block.from_dict(wire.field(msg, "block", dict, what))
         height = wire.int_field(p, "height", 1, MAX_HEIGHT, what)
         round = wire.int_field(p, "round", 0, MAX_ROUND, what)
@@ -401,6 +416,15 @@ class Proposal:
 
     def verify(self, validators: ValidatorSet, chain_id: str) -> None:
         """Raise ConsensusError unless the proposer of (height, round) signed this proposal."""
+        if self.block.height != self.height:
+            raise ConsensusError(
+                f"proposal for height {self.height} carries block {self.block.height}"
+            )
+        if not -1 <= self.pol_round < self.round or self.block.header.round > self.round:
+            raise ConsensusError(
+                f"proposal of round {self.round} with pol_round {self.pol_round} and a block "
+                f"of round {self.block.header.round}"
+            )
         expected = validators.proposer(self.height, self.round)
         if self.proposer != expected:
             raise ConsensusError(

@@ -196,7 +196,8 @@ class ConsensusNet:
         for node in self.nodes:
             self._apply(node, node.core.start(self.now))
 
-    def _at(self, when: float, fn: Callable[[], None]) -> None:
+    def at(self, when: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` at virtual time ``when``."""
         heapq.heappush(self._queue, (when, next(self._counter), fn))
 
     def run_until(self, t: float) -> None:
@@ -253,7 +254,7 @@ class ConsensusNet:
         for node in self.nodes:
             if node.up:
                 delay = self.rng.uniform(*self.faults.delay)
-                self._at(self.now + delay, functools.partial(self._add_pending, node, record))
+                self.at(self.now + delay, functools.partial(self._add_pending, node, record))
 
     def _add_pending(self, node: SimNode, record: bytes) -> None:
         if node.up:
@@ -289,7 +290,7 @@ class ConsensusNet:
                     self._check_signed_once(node, action.message)
                     self._broadcast(node, action.message)
             elif isinstance(action, ScheduleTimeout):
-                self._at(action.at, functools.partial(self._timeout, node, node.epoch, action))
+                self.at(action.at, functools.partial(self._timeout, node, node.epoch, action))
             elif isinstance(action, Decide):
                 self._decide(node, action)
             elif isinstance(action, Evidence):
@@ -367,7 +368,7 @@ class ConsensusNet:
             if f.late and self.rng.random() < f.late:
                 self.stats.late += 1
                 delay += self.rng.uniform(0, f.late_delay)
-            self._at(self.now + delay, functools.partial(self._arrive, src, dst, kind, data))
+            self.at(self.now + delay, functools.partial(self._arrive, src, dst, kind, data))
 
     def _arrive(self, src: SimNode, dst: SimNode, kind: str, data: bytes) -> None:
         if not dst.up or not self.connected(src.index, dst.index):
@@ -516,9 +517,10 @@ class ConsensusNet:
 @dataclass(frozen=True)
 class ChaosReport:
     seed: int
-    byzantine: int
-    heights_at_heal: tuple[int, ...]  # committed height of each honest node when healed
+    byzantine: int  # index of the Byzantine validator
+    heights_at_heal: tuple[int, ...]  # committed height of each honest node at the heal
     heights_at_end: tuple[int, ...]
+    recovery: float | None  # seconds from the heal until every honest node had new blocks
     stats: NetStats
 
     @property
@@ -530,14 +532,21 @@ def chaos_run(
     seed: int,
     *,
     validators: int = 4,
-    chaos_until: float = 4.0,
-    end: float = 8.0,
     observers: int = 1,
+    chaos_until: float = 4.0,
+    recover_within: float = 10.0,
+    blocks_after_heal: int = 2,
     **overrides: Any,
 ) -> ChaosReport:
-    """The standard adversarial run: one Byzantine validator, random faults until
-    ``chaos_until`` (partitions, crashes with restarts, loss, duplication, reordering), then
-    a healed network until ``end``. Raises AgreementViolation (with the seed) on any breach."""
+    """The standard adversarial run, fully determined by ``seed``.
+
+    One Byzantine validator (equivocating proposals and votes, fake sync offers) throughout;
+    until ``chaos_until``, random partitions and crash-restarts of honest nodes; always, the
+    seed's rates of loss, duplication and reordering. Then the partitions heal and every node
+    is up: the run goes on until each honest node has committed ``blocks_after_heal`` more
+    blocks, or ``recover_within`` seconds pass (``recovery`` is then None). Safety is checked
+    throughout: a breach raises AgreementViolation naming the seed.
+    """
     rng = random.Random(seed ^ 0x5EED)
     faults = Faults(
         loss=rng.uniform(0.0, 0.15),
@@ -553,35 +562,38 @@ def chaos_run(
         faults=faults,
         **overrides,
     )
-    honest = [n.index for n in net.nodes if n.index != byzantine]
-    net.start()
+    honest = [n.index for n in net.nodes if n.honest]
+    end = chaos_until + recover_within
     t = 0.0
     while t < end:
         t += rng.expovariate(1 / 0.35)
-        net._at(t, net.submit_random)
-    # Chaos: partition episodes and crash-restarts, all before chaos_until.
+        net.at(t, net.submit_random)
     t = rng.uniform(0.0, 0.5)
     while t < chaos_until:
         nodes = list(range(len(net.nodes)))
         rng.shuffle(nodes)
         cut = rng.randint(1, len(nodes) - 1)
-        groups = [nodes[:cut], nodes[cut:]]
-        net._at(t, functools.partial(net.partition, groups))
+        net.at(t, functools.partial(net.partition, [nodes[:cut], nodes[cut:]]))
         t = min(chaos_until, t + rng.uniform(0.2, 1.2))
-        net._at(t, net.heal)
+        net.at(t, net.heal)
         t += rng.uniform(0.1, 0.8)
     for _ in range(rng.randint(0, 2)):
         victim = rng.choice(honest)
         down = rng.uniform(0.2, chaos_until - 0.5)
-        net._at(down, functools.partial(net.crash, victim))
-        net._at(
-            min(chaos_until, down + rng.uniform(0.1, 1.5)), functools.partial(net.restart, victim)
-        )
+        back = min(chaos_until, down + rng.uniform(0.1, 1.5))
+        net.at(down, functools.partial(net.crash, victim))
+        net.at(back, functools.partial(net.restart, victim))
+    net.start()
     net.run_until(chaos_until)
     net.heal()
     for index in honest:
         net.restart(index)
     at_heal = tuple(net.nodes[i].height for i in honest)
-    net.run_until(end)
+    recovery: float | None = None
+    while net.now < end:
+        net.run_until(net.now + 0.05)
+        if all(net.nodes[i].height >= h + blocks_after_heal for i, h in zip(honest, at_heal)):
+            recovery = net.now - chaos_until
+            break
     at_end = tuple(net.nodes[i].height for i in honest)
-    return ChaosReport(seed, byzantine, at_heal, at_end, net.stats)
+    return ChaosReport(seed, byzantine, at_heal, at_end, recovery, net.stats)
