@@ -13,9 +13,9 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import psutil
 import trio
@@ -32,7 +32,11 @@ from modelmine.p2p.overlay import (
     MembersChanged,
     Overlay,
     PeerLearned,
+    Request,
+    Response,
     Send,
+    request_frame,
+    response_frame,
 )
 from modelmine.p2p.peerstore import PeerStore
 from modelmine.signing import Signed
@@ -40,6 +44,26 @@ from modelmine.signing import Signed
 log = logging.getLogger(__name__)
 
 SEND_QUEUE: Final = 512
+REQUESTS_PER_PEER: Final = 4  # served at once for one peer; more get "busy"
+REQUEST_TIMEOUT: Final = 15.0
+
+
+class RequestFailed(Exception):
+    """A request to a peer got an error, no answer in time, or the peer was unreachable."""
+
+
+class RequestError(Exception):
+    """Raised by a request handler: the text goes back to the asking peer."""
+
+
+RequestHandler = Callable[[bytes, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+@dataclass
+class _Pending:
+    done: trio.Event = field(default_factory=trio.Event)
+    body: dict[str, Any] | None = None
+    error: str | None = None
 TICK: Final = 1.0
 DIAL_TIMEOUT: Final = 10.0
 BOOTSTRAP_EVERY: Final = 30.0
@@ -103,6 +127,11 @@ class Host:
         self._to_persist: dict[bytes, tuple[bytes, str, str]] = {}
         self._to_ban: dict[bytes, float] = {}
         self._dropped = 0
+        self._handlers: dict[str, RequestHandler] = {}
+        self._pending: dict[tuple[bytes, int], _Pending] = {}
+        self._serving: dict[bytes, int] = {}
+        self._request_ids = 0
+        self._linked: dict[bytes, trio.Event] = {}
 
     # ---- lifecycle ----
 
@@ -124,6 +153,62 @@ class Host:
 
     def publish(self, topic: str, statement: Signed) -> None:
         self._apply(self.overlay.publish(topic, statement, trio.current_time()))
+
+    def register_handler(self, kind: str, handler: RequestHandler) -> None:
+        self._handlers[kind] = handler
+
+    def is_linked(self, peer: bytes) -> bool:
+        return peer in self._links
+
+    async def wait_linked(self, peer: bytes, within: float = DIAL_TIMEOUT) -> bool:
+        """Make sure there is a link to ``peer``, dialing its known address if needed."""
+        if peer in self._links:
+            return True
+        if self.overlay.address_of(peer) is None:
+            return False
+        event = self._linked.setdefault(peer, trio.Event())
+        self._apply(self.overlay.dial_now(peer, trio.current_time()))
+        with trio.move_on_after(within):
+            await event.wait()
+        return peer in self._links
+
+    async def request(
+        self, peer: bytes, kind: str, body: dict[str, Any], within: float = REQUEST_TIMEOUT
+    ) -> dict[str, Any]:
+        """Ask ``peer`` (dialing it if needed) and wait for its answer."""
+        if not await self.wait_linked(peer, within):
+            raise RequestFailed(f"peer {peer.hex()[:8]} is not reachable")
+        self._request_ids += 1
+        key = (peer, self._request_ids)
+        pending = self._pending[key] = _Pending()
+        try:
+            self._apply([Send(peer, request_frame(self._request_ids, kind, body))])
+            with trio.move_on_after(within):
+                await pending.done.wait()
+        finally:
+            del self._pending[key]
+        if not pending.done.is_set():
+            raise RequestFailed(f"no answer from {peer.hex()[:8]} to {kind} within {within} s")
+        if pending.error is not None or pending.body is None:
+            raise RequestFailed(f"{peer.hex()[:8]} answered {kind}: {pending.error}")
+        return pending.body
+
+    async def _serve_request(self, request: Request) -> None:
+        handler = self._handlers.get(request.kind)
+        body: dict[str, Any] = {}
+        error: str | None = None
+        try:
+            if handler is None:
+                error = f"unknown request {request.kind!r}"
+            else:
+                body = await handler(request.peer, request.body)
+        except RequestError as exc:
+            error = str(exc)
+        except wire.WireError as exc:
+            error = f"bad request: {exc}"
+        finally:
+            self._serving[request.peer] -= 1
+        self._apply([Send(request.peer, response_frame(request.id, body, error))])
 
     def statistics(self) -> HostStatistics:
         return HostStatistics(len(self._links), self._dropped)
@@ -154,6 +239,19 @@ class Host:
                 self._disconnect(action)
             elif isinstance(action, PeerLearned):
                 self._to_persist[action.node_id] = (action.node_id, action.address, action.name)
+            elif isinstance(action, Request):
+                if self._serving.get(action.peer, 0) >= REQUESTS_PER_PEER:
+                    frame = response_frame(action.id, {}, "busy")
+                    self._apply([Send(action.peer, frame)])
+                    continue
+                self._serving[action.peer] = self._serving.get(action.peer, 0) + 1
+                assert self._nursery is not None
+                self._nursery.start_soon(self._serve_request, action)
+            elif isinstance(action, Response):
+                pending = self._pending.get((action.peer, action.id))
+                if pending is not None and not pending.done.is_set():
+                    pending.body, pending.error = action.body, action.error
+                    pending.done.set()
             elif isinstance(action, MembersChanged) and self.on_members is not None:
                 self.on_members(action.changes)
 
@@ -209,6 +307,9 @@ class Host:
         send, receive = trio.open_memory_channel[object](SEND_QUEUE)
         entry = _LinkEntry(link, send)
         self._links[peer] = entry
+        waiting = self._linked.pop(peer, None)
+        if waiting is not None:
+            waiting.set()
         try:
             with entry.scope:
                 self._apply(self.overlay.on_link_up(peer, link.initiator, trio.current_time()))

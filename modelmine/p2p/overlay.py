@@ -107,7 +107,36 @@ class MembersChanged:
     changes: tuple[MemberChange, ...]
 
 
-Action = Send | Dial | Disconnect | Deliver | PeerLearned | MembersChanged
+@dataclass(frozen=True)
+class Request:
+    """A peer asks this node something (blob chunks, blocks): the driver answers it."""
+
+    peer: bytes
+    id: int
+    kind: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Response:
+    peer: bytes
+    id: int
+    body: dict[str, Any]
+    error: str | None
+
+
+def request_frame(request_id: int, kind: str, body: dict[str, Any]) -> bytes:
+    return wire.encode({"t": "req", "id": request_id, "kind": kind, "body": body})
+
+
+def response_frame(request_id: int, body: dict[str, Any], error: str | None = None) -> bytes:
+    frame: dict[str, Any] = {"t": "resp", "id": request_id, "body": body}
+    if error is not None:
+        frame["error"] = error
+    return wire.encode(frame)
+
+
+Action = Send | Dial | Disconnect | Deliver | PeerLearned | MembersChanged | Request | Response
 
 
 @dataclass(frozen=True)
@@ -259,6 +288,27 @@ class Overlay:
     def linked(self) -> list[bytes]:
         return list(self._links)
 
+    def dial_now(self, node_id: bytes, now: float) -> list[Action]:
+        """Dial a known peer right away (a service needs it), unless linked or already dialing."""
+        known = self._known.get(node_id)
+        if (
+            known is None
+            or node_id in self._links
+            or node_id in self._pending_dials
+            or self.is_banned(node_id, now)
+        ):
+            return []
+        self._pending_dials.add(node_id)
+        return [Dial(node_id, known.address)]
+
+    def address_of(self, node_id: bytes) -> str | None:
+        known = self._known.get(node_id)
+        return known.address if known else None
+
+    def penalize(self, peer: bytes, points: float, reason: str, now: float) -> list[Action]:
+        """For services above the overlay (blobs, sync) whose peers misbehave."""
+        return self._penalize(peer, points, reason, now)
+
     def is_banned(self, node_id: bytes, now: float) -> bool:
         until = self._banned.get(node_id)
         if until is None:
@@ -337,6 +387,27 @@ class Overlay:
                         raise wire.WireError("peers: record is not bytes")
                     actions += self._on_record(peer, raw, now)
                 return actions
+            if kind == "req":
+                return [
+                    Request(
+                        peer,
+                        wire.int_field(msg, "id", 0, 2**53, "req"),
+                        wire.str_field(msg, "kind", MAX_TOPIC_LEN, "req"),
+                        wire.expect_map(wire.field(msg, "body", dict, "req"), "req.body"),
+                    )
+                ]
+            if kind == "resp":
+                error = msg.get("error")
+                if error is not None and not isinstance(error, str):
+                    raise wire.WireError("resp.error: expected a string")
+                return [
+                    Response(
+                        peer,
+                        wire.int_field(msg, "id", 0, 2**53, "resp"),
+                        wire.expect_map(wire.field(msg, "body", dict, "resp"), "resp.body"),
+                        error[:256] if error else None,
+                    )
+                ]
             raise wire.WireError(f"unknown frame type {kind!r}")
         except SignatureError as exc:
             return self._penalize(peer, 100, str(exc), now)
