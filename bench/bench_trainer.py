@@ -4,7 +4,9 @@ Run with ``.venv/bin/python bench/bench_trainer.py``. Every figure is printed ne
 baseline measured in the same run, and their ratio:
 
 - MLP 784-256-10 step (batch 128, float32, SGD): `Run.train` against a minimal hand-written
-  numpy gather/forward/backward/SGD step on the same data. Goal: ratio at most 1.10.
+  numpy gather/forward/backward/SGD step on the same data, best of interleaved trials.
+  The trainer's time includes all it does per call: loss checks, schedule, the validation
+  pass at each epoch end and at the end of the call. Goal: ratio at most 1.10.
 - Digits MLP and CNN examples: seconds per epoch (baseline: scikit-learn's MLPClassifier with
   the same hidden layers and batch size, per epoch); peak RSS of a fresh process that loads
   the data and trains (baseline: a fresh process that only imports numpy). Goal: 200 MiB.
@@ -34,8 +36,8 @@ from modelmine.trainer import Dataset, JobSpec, Run
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 BATCH, FEATURES, HIDDEN, CLASSES = 128, 784, 256, 10
-STEPS = 200  # per timed trial; trials alternate trainer and baseline
-TRIALS = 7
+STEPS = 100  # per timed trial; trials alternate trainer and baseline
+TRIALS = 25
 
 
 def _synthetic(rng: np.random.Generator) -> Dataset:
@@ -130,7 +132,8 @@ def bench_step() -> dict[str, Any]:
         for _ in range(STEPS):
             baseline.step()
         theirs.append((time.perf_counter() - start) / STEPS)
-    value, base = float(np.median(ours)), float(np.median(theirs))
+    # Best of interleaved trials: other processes on the machine can only add time.
+    value, base = min(ours), min(theirs)
     return _row(
         "mlp 784-256-10 step, batch 128, float32", value * 1e3, "ms", base * 1e3, "<= 1.10x"
     )
