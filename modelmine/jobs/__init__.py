@@ -1,0 +1,1 @@
+"""Jobs across the network: assignment, the worker, progress and results."""
