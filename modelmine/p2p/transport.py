@@ -272,7 +272,8 @@ async def connect_peer(
     """
     handshake = Handshake.initiator(identity, network_id, expected_peer)
     ws: WebSocketConnection | None = None
-    close_with = (CLOSE_INTERNAL_ERROR, "dial abandoned")
+    session: Session | None = None
+    code, reason = CLOSE_INTERNAL_ERROR, "dial abandoned"
     try:
         with trio.fail_after(handshake_timeout):
             ws = await trio_websocket.connect_websocket_url(
@@ -284,22 +285,22 @@ async def connect_peer(
             )
             await ws.send_message(handshake.start())
             session = await _run_handshake(ws, handshake)
-        close_with = (0, "")
     except HandshakeError as exc:
-        close_with = (CLOSE_HANDSHAKE_FAILED, f"handshake failed: {exc}")
+        code, reason = CLOSE_HANDSHAKE_FAILED, str(exc)
         raise ConnectFailed(f"handshake with {url} failed: {exc}") from exc
     except ConnectionClosed as exc:
-        _, text = _describe_close(exc)
+        text = _describe_close(exc)[1]
         raise ConnectFailed(f"{url} closed the connection during the handshake ({text})") from None
     except trio.TooSlowError:
-        close_with = (CLOSE_HANDSHAKE_FAILED, "handshake timeout")
+        code, reason = CLOSE_HANDSHAKE_FAILED, "handshake timeout"
         raise ConnectFailed(f"no handshake with {url} within {handshake_timeout} s") from None
     except (OSError, ValueError, trio_websocket.HandshakeError) as exc:
         raise ConnectFailed(f"cannot open a websocket to {url}: {exc!r}") from None
     finally:
-        # Also after the peer closed: trio-websocket leaves a client's TCP stream open.
-        if close_with[0] and ws is not None:
-            await _close_websocket(ws, *close_with)
+        # On any failure, including after the peer closed: trio-websocket would leave a
+        # client's TCP stream open.
+        if session is None and ws is not None:
+            await _close_websocket(ws, code, reason)
     return PeerLink(ws, session, _endpoint_text(ws.remote), initiator=True)
 
 
@@ -323,30 +324,26 @@ async def serve_peers(
 
     async def on_request(request: WebSocketRequest) -> None:
         remote = _endpoint_text(request.remote)
-        try:
-            ws = await request.accept()
-        except ConnectionClosed:
-            log.info("peer at %s left before the websocket opened", remote)
-            return
-        failure: str | None = None
+        ws: WebSocketConnection | None = None
         session: Session | None = None
-        with trio.move_on_after(handshake_timeout):
+        reason = "handshake timeout"
+        with trio.move_on_after(handshake_timeout) as deadline:
             try:
+                ws = await request.accept()
                 session = await _run_handshake(ws, Handshake.responder(identity, network_id))
             except HandshakeError as exc:
-                failure = str(exc)
+                reason = str(exc)
+                log.warning("refusing peer at %s: %s", remote, reason)
             except ConnectionClosed as exc:
+                reason = "left during the handshake"
                 log.info(
                     "peer at %s left during the handshake (%s)", remote, _describe_close(exc)[1]
                 )
-                return
-        if session is None:
-            if failure is None:
-                log.info("dropping peer at %s: no handshake within %s s", remote, handshake_timeout)
-                failure = "handshake timeout"
-            else:
-                log.warning("refusing peer at %s: %s", remote, failure)
-            await _close_websocket(ws, CLOSE_HANDSHAKE_FAILED, failure)
+        if deadline.cancelled_caught:
+            log.info("dropping peer at %s: no handshake within %s s", remote, handshake_timeout)
+        if session is None or ws is None:
+            if ws is not None:
+                await _close_websocket(ws, CLOSE_HANDSHAKE_FAILED, reason)
             return
         link = PeerLink(ws, session, remote, initiator=False)
         log.debug("accepted %r", link)
