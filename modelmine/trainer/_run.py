@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ._architecture import activation_width, plan_layers
+from ._architecture import activation_width, parameter_count, plan_layers
 from ._checkpoint import Checkpoint, CheckpointError, restore_rng
 from ._data import Dataset
 from ._losses import log_softmax, mean_squared_error, softmax_cross_entropy
@@ -378,11 +378,7 @@ def _check_fit(spec: JobSpec, dataset: Dataset) -> None:
 
 
 def _check_memory(spec: JobSpec, dataset: Dataset, plan: list[dict[str, Any]], batch: int) -> None:
-    params = sum(
-        layer["in"] * layer.get("kernel", 1) ** 2 * layer["out"] + layer["out"]
-        for layer in plan
-        if layer["type"] in ("dense", "conv2d")
-    )
+    params = parameter_count(plan)
     data = sum(a.nbytes for a in (dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val))
     # Parameters, gradients and up to two optimizer buffers; activations kept for backward.
     model = 4 * params * 4 + 4 * batch * activation_width(plan, dataset.feature_shape)
