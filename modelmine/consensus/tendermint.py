@@ -456,15 +456,13 @@ class Tendermint:
         # Checked before the proposal is signed: a restart must not propose a second block.
         if not self._may_sign(SignStep.PROPOSE, block.hash, out):
             return
-        assert self._key is not None  # node_id is set only with a key
-        proposal = Proposal.create(self._key, self.chain_id, r, pol_round, block)
+        proposal = Proposal.create(self._signer(), self.chain_id, r, pol_round, block)
         self._own.append(proposal)
         out.append(Broadcast(proposal))
         self._log.proposals.setdefault(r, []).append(proposal)
         self._log.blocks.setdefault(block.hash, block)
 
     def _new_block(self, now: float) -> Block:
-        assert self._key is not None
         records = self.app.select_records(
             list(self.pending.values()), self.params.max_block_records
         )
@@ -472,7 +470,7 @@ class Tendermint:
         if self.prev_header is not None:
             time = max(time, self.prev_header.time + 1)
         block = Block.create(
-            self._key,
+            self._signer(),
             chain_id=self.chain_id,
             height=self.height,
             round=self._round,
@@ -646,13 +644,19 @@ class Tendermint:
     ) -> None:
         if self.node_id is None or not self._may_sign(step, block_hash, out):
             return
-        assert self._key is not None
-        vote = Vote.create(self._key, self.chain_id, type, self.height, self._round, block_hash)
+        vote = Vote.create(
+            self._signer(), self.chain_id, type, self.height, self._round, block_hash
+        )
         self._own.append(vote)
         out.append(Broadcast(vote))
         voteset = self._log.voteset(self._round, type)
         if block_hash not in voteset.by_validator.get(vote.validator, {}):
             voteset.add(vote, self.validators.power_of(vote.validator))
+
+    def _signer(self) -> SigningKey:
+        if self._key is None or self.node_id is None:
+            raise RuntimeError("an observer has no key to sign with")
+        return self._key
 
     # ---- bookkeeping ----
 

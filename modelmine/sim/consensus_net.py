@@ -304,16 +304,7 @@ class ConsensusNet:
     def _decide(self, node: SimNode, decision: Decide) -> None:
         block, commit = decision.block, decision.commit
         if node.honest:
-            try:
-                verify_commit(commit, self.validator_set, self.chain_id, block.hash)
-            except ConsensusError as exc:
-                raise self.fail(f"node {node.index} decided on a bad commit: {exc}") from None
-            first = self.committed.setdefault(block.height, (block.hash, node.index))
-            if first[0] != block.hash:
-                raise self.fail(
-                    f"nodes {first[1]} and {node.index} committed different blocks at height "
-                    f"{block.height}: {first[0].hex()[:8]} and {block.hash.hex()[:8]}"
-                )
+            self.check_decision(node.index, block, commit)
         try:
             node.app.apply_block(block, commit)
         except ValueError as exc:
@@ -324,6 +315,19 @@ class ConsensusNet:
             self._committed_records.extend(block.records)
             self.stats.records_committed += len(block.records)
         self._apply(node, node.core.next_height(self.now))
+
+    def check_decision(self, index: int, block: Block, commit: Commit) -> None:
+        """Record an honest node's decision; raise AgreementViolation if it breaks agreement."""
+        try:
+            verify_commit(commit, self.validator_set, self.chain_id, block.hash)
+        except ConsensusError as exc:
+            raise self.fail(f"node {index} decided on a bad commit: {exc}") from None
+        first = self.committed.setdefault(block.height, (block.hash, index))
+        if first[0] != block.hash:
+            raise self.fail(
+                f"nodes {first[1]} and {index} committed different blocks at height "
+                f"{block.height}: {first[0].hex()[:8]} and {block.hash.hex()[:8]}"
+            )
 
     def _check_signed_once(self, node: SimNode, message: Proposal | Vote) -> None:
         if isinstance(message, Vote):
