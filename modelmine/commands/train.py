@@ -89,10 +89,16 @@ def run_train(args: argparse.Namespace) -> int:
     if args.checkpoint:
         _write(args.checkpoint, run.checkpoint_bytes())
     model = run.model_bytes()
-    if args.output:
+    # An interrupted run leaves an existing model file alone rather than replace it with a
+    # half-trained one; the checkpoint is the way to keep its progress.
+    if args.output and result.completed:
         _write(args.output, model)
     _report(args, spec, result, hashlib.sha256(model).hexdigest())
-    return 0 if result.completed else 130
+    if not result.completed:
+        hint = f"; continue with --resume {args.checkpoint}" if args.checkpoint else ""
+        print(f"interrupted at step {run.step} of {run.total_steps}{hint}", file=sys.stderr)
+        return 130
+    return 0
 
 
 def _train_with_bar(run: Run, spec: JobSpec, should_stop: Callable[[], bool]) -> TrainResult:
@@ -133,7 +139,7 @@ def _report(args: argparse.Namespace, spec: JobSpec, result: TrainResult, sha256
     summary: dict[str, Any] = {"title": spec.title, "status": str(result.status)}
     summary |= result.metrics
     summary["model_sha256"] = sha256
-    if args.output:
+    if args.output and result.completed:
         summary["model_path"] = str(args.output)
     if args.json:
         print(json.dumps(summary))

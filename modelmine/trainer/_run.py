@@ -145,9 +145,11 @@ class Run:
         """Train until done, until `max_steps` more steps are done, or until `should_stop()`.
 
         `should_stop` is polled before every step. `on_progress` gets a `Progress` at most
-        every `progress_interval` seconds and always once at the end. Raises `TrainingFailed`
-        if the loss becomes NaN or infinite (the weights keep their last finite values) or
-        the run's total training time exceeds `resources.max_seconds`.
+        every `progress_interval` seconds and always once at the end (its rate is that of the
+        whole call). It runs on the training thread and should return quickly.
+
+        Raises `TrainingFailed` if the loss becomes NaN or infinite (the weights keep their
+        last finite values) or the run's total training time exceeds `resources.max_seconds`.
         """
         end = (
             self.total_steps if max_steps is None else min(self.total_steps, self._step + max_steps)
@@ -157,7 +159,7 @@ class Run:
         start = last_report = self._clock()
         seconds_before = self._seconds
         window_loss, window_steps, window_samples = 0.0, 0, 0
-        call_loss, call_steps = 0.0, 0
+        call_loss, call_steps, call_samples = 0.0, 0, 0
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             while self._step < end:
                 if should_stop is not None and should_stop():
@@ -175,6 +177,7 @@ class Run:
                 window_steps += 1
                 call_loss += loss
                 call_steps += 1
+                call_samples += samples
                 window_samples += samples
                 if on_progress is not None and now - last_report >= self.progress_interval:
                     rate = window_samples / max(now - last_report, 1e-9)
@@ -187,8 +190,8 @@ class Run:
             else:
                 metrics = self._metrics(self._quick_evaluation(call_loss / call_steps))
         if on_progress is not None:
-            elapsed = self._clock() - last_report
-            rate = window_samples / elapsed if elapsed > 0 else 0.0
+            elapsed = self._clock() - start
+            rate = call_samples / elapsed if elapsed > 0 else 0.0
             on_progress(
                 Progress(
                     step=self._step,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,3 +132,32 @@ def test_predict(spec_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(CommandError, match="has 1 feature columns, the model takes 2"):
         data.write_text("z\n1\n")
         cli("predict", str(model), str(data))
+
+
+def test_first_ctrl_c_stops_between_steps_and_keeps_a_checkpoint(
+    spec_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    original = Run.train
+
+    def train_interrupted_at_step_5(
+        self: Run, on_progress: Any = None, should_stop: Any = None, max_steps: Any = None
+    ) -> Any:
+        def poll() -> bool:
+            if self.step == 5:
+                signal.raise_signal(signal.SIGINT)  # as if the user pressed Ctrl-C here
+            return bool(should_stop())
+
+        return original(self, on_progress, poll, max_steps)
+
+    monkeypatch.setattr(Run, "train", train_interrupted_at_step_5)
+    model, checkpoint = spec_file.parent / "model.npz", spec_file.parent / "run.ckpt"
+    code = cli("train", str(spec_file), "--json", "-o", str(model), "--checkpoint", str(checkpoint))
+    assert code == 130
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["status"] == "canceled"
+    assert f"interrupted at step 5 of 30; continue with --resume {checkpoint}" in captured.err
+    assert not model.exists()
+    spec = JobSpec.from_toml(spec_file)
+    dataset = load_dataset(spec.dataset, base_dir=spec_file.parent)
+    assert Run.resume(spec, dataset, checkpoint.read_bytes()).step == 5
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
