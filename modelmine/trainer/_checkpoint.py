@@ -8,6 +8,7 @@ are stored too, so a checkpoint cannot silently be resumed against different wor
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +82,10 @@ class Checkpoint:
                 raise CheckpointError(
                     f"checkpoint: field {key!r} is missing or not a {kind.__name__}"
                 )
+        if not math.isfinite(meta["seconds"]) or meta["seconds"] < 0:
+            raise CheckpointError("checkpoint: seconds must be a finite number >= 0")
+        if meta["samples_seen"] < 0 or meta["step"] < 0 or meta["optimizer_t"] != meta["step"]:
+            raise CheckpointError("checkpoint: inconsistent position (step, samples, optimizer)")
         params = {k.removeprefix("param/"): v for k, v in arrays.items() if k.startswith("param/")}
         optimizer = {
             k.removeprefix("optim/"): v for k, v in arrays.items() if k.startswith("optim/")

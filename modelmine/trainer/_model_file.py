@@ -162,5 +162,12 @@ def _check_meta(meta: dict[str, Any]) -> None:
         raise ValueError(f"unknown task {meta['task']!r}")
     if meta["task"] == "classification" and len(meta["classes"]) < 2:
         raise ValueError("a classifier needs at least two classes")
-    if not all(isinstance(d, int) and d > 0 for d in meta["feature_shape"]):
+    if not all(isinstance(d, int) and 0 < d <= MAX_COLUMNS for d in meta["feature_shape"]):
         raise ValueError("feature_shape must be positive integers")
+    if not all(isinstance(c, int | str) and not isinstance(c, bool) for c in meta["classes"]):
+        raise ValueError("classes must be integers or strings")
+    names = meta["feature_names"]
+    if not all(isinstance(n, str) for n in names) or len(names) != math.prod(meta["feature_shape"]):
+        raise ValueError("feature_names must be one string per feature")
+    if not (math.isfinite(meta["y_mean"]) and math.isfinite(meta["y_scale"]) and meta["y_scale"]):
+        raise ValueError("y_mean and y_scale must be finite, y_scale non-zero")

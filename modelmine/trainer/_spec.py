@@ -13,7 +13,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ._architecture import ArchitectureError, parameter_count, plan_layers
 from ._fields import Fields
@@ -24,6 +24,7 @@ MAX_ROWS = 1_000_000
 MAX_COLUMNS = 4096
 MAX_CELLS = 50_000_000
 MAX_SEED = 2**32 - 1
+MAX_SYNTHETIC_CELLS = 10_000_000
 
 MODEL_KINDS = ("linear", "logistic", "mlp", "cnn")
 ACTIVATIONS = ("relu", "tanh", "gelu")
@@ -70,6 +71,11 @@ class ModelSpec:
     pool: int = 2
 
     @classmethod
+    def from_dict(cls, data: object) -> ModelSpec:
+        """Validate a [model] table alone; raises `SpecError`."""
+        return _section(cls, "model", data)
+
+    @classmethod
     def _read(cls, f: Fields) -> ModelSpec:
         kind = f.choice("kind", MODEL_KINDS)
         deep = kind in ("mlp", "cnn")
@@ -111,7 +117,11 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Where the data comes from and how it is split; see docs/jobs.md for each field."""
+    """Where the data comes from and how it is split; see docs/jobs.md for each field.
+
+    Build it with `from_dict` (or as part of a `JobSpec`): that fills in the defaults that
+    depend on `name`, which the dataclass defaults cannot.
+    """
 
     name: str
     validation_split: float = 0.25
@@ -126,6 +136,11 @@ class DatasetSpec:
     blob: str = ""
     label: str = "label"
     image_shape: tuple[int, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: object) -> DatasetSpec:
+        """Validate a [dataset] table alone; raises `SpecError`."""
+        return _section(cls, "dataset", data)
 
     @classmethod
     def _read(cls, f: Fields) -> DatasetSpec:
@@ -170,6 +185,12 @@ class DatasetSpec:
             if name == "file"
             else (),
         )
+        if spec.samples * spec.features > MAX_SYNTHETIC_CELLS:
+            f.error(
+                "features",
+                f"samples x features must be at most {MAX_SYNTHETIC_CELLS:,}, "
+                f"got {spec.samples:,} x {spec.features:,}",
+            )
         f.reject_unknown(cls.__dataclass_fields__)
         return spec
 
@@ -224,6 +245,11 @@ class Hyperparameters:
     step_epochs: int = 10
     gamma: float = 0.1
     seed: int = 0
+
+    @classmethod
+    def from_dict(cls, data: object) -> Hyperparameters:
+        """Validate a [hyperparameters] table alone; raises `SpecError`."""
+        return _section(cls, "hyperparameters", data)
 
     @classmethod
     def _read(cls, f: Fields) -> Hyperparameters:
@@ -284,6 +310,11 @@ class Resources:
 
     max_seconds: int = 3600
     max_memory_mb: int = 1024
+
+    @classmethod
+    def from_dict(cls, data: object) -> Resources:
+        """Validate a [resources] table alone; raises `SpecError`."""
+        return _section(cls, "resources", data)
 
     @classmethod
     def _read(cls, f: Fields) -> Resources:
@@ -370,6 +401,17 @@ class JobSpec:
             "resources": self.resources.to_dict(),
             "stake": self.stake,
         }
+
+
+_Section = TypeVar("_Section", ModelSpec, DatasetSpec, Hyperparameters, Resources)
+
+
+def _section(cls: type[_Section], name: str, data: object) -> _Section:
+    errors: list[str] = []
+    spec = cls._read(Fields(name, data, errors))
+    if errors:
+        raise SpecError(errors)
+    return spec
 
 
 def model_plan_error(model: ModelSpec, feature_shape: tuple[int, ...], classes: int) -> str | None:

@@ -22,6 +22,7 @@ from modelmine.trainer import (
     load_dataset,
     shard,
 )
+from modelmine.trainer._npz import read_npz, write_npz
 
 MLP = {"kind": "mlp", "hidden": [16, 8], "dropout": 0.2, "activation": "gelu"}
 SPIRALS = {"name": "spirals", "samples": 200, "classes": 3}
@@ -139,6 +140,23 @@ def test_resume_refuses_a_checkpoint_of_other_work() -> None:
         Run.resume(spec, dataset, checkpoint[:100])
     with pytest.raises(CheckpointError, match="not a ModelMine checkpoint"):
         Run.resume(spec, dataset, run.model_bytes())
+
+
+def test_resume_refuses_a_tampered_position() -> None:
+    spec, dataset = mlp()
+    run = Run(spec, dataset)
+    run.train(max_steps=3)
+    arrays, meta = read_npz(run.checkpoint_bytes(), max_elements=10**7)
+    for change, expected in [
+        ({"seconds": -100.0}, "seconds must be a finite number >= 0"),
+        ({"optimizer_t": 2}, "inconsistent position"),
+        ({"step": 10**9, "optimizer_t": 10**9}, "outside 0.."),
+        ({"rng_state": {"bit_generator": "MT19937"}}, "bad random generator state"),
+        ({"seconds": "soon"}, "field 'seconds' is missing or not a float"),
+    ]:
+        tampered = write_npz(arrays, {**meta, **change})
+        with pytest.raises(CheckpointError, match=expected):
+            Run.resume(spec, dataset, tampered)
 
 
 def test_training_off_the_main_thread_gives_the_same_weights() -> None:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelmine.trainer import JobSpec, SpecError
+from modelmine.trainer import DatasetSpec, Hyperparameters, JobSpec, ModelSpec, SpecError
 
 EXAMPLES = Path(__file__).parents[3] / "examples"
 MINIMAL: dict[str, Any] = {"title": "x", "model": {"kind": "mlp"}, "dataset": {"name": "digits"}}
@@ -144,6 +144,10 @@ BAD_FIELDS = [
         "dataset.classes: only used by the blobs and spirals",
     ),
     (with_("dataset", name="blobs", features=0), "dataset.features: must be 1..1000, got 0"),
+    (
+        with_("dataset", name="regression", samples=100_000, features=1000),
+        "dataset.features: samples x features must be at most 10,000,000, got 100,000 x 1,000",
+    ),
     (with_("dataset", path="x.csv"), 'dataset.path: only used when name = "file"'),
     (
         with_("dataset", name="file"),
@@ -276,6 +280,17 @@ def test_misspelled_choice_gets_a_hint() -> None:
     assert errors_of(with_("dataset", name="digit")) == [
         "dataset.name: must be one of digits, iris, wine, breast_cancer, blobs, moons, spirals, "
         "xor, regression, file, got \"digit\"; did you mean 'digits'?"
+    ]
+
+
+def test_sections_validate_alone() -> None:
+    assert DatasetSpec.from_dict({"name": "moons"}).noise == 0.1
+    assert ModelSpec.from_dict({"kind": "cnn"}).conv == (16, 32)
+    with pytest.raises(SpecError) as info:
+        Hyperparameters.from_dict({"epochs": 0, "optimzer": "sgd"})
+    assert info.value.errors == [
+        "hyperparameters.epochs: must be 1..10000, got 0",
+        "hyperparameters.optimzer: unknown key; did you mean 'optimizer'?",
     ]
 
 
