@@ -6,18 +6,21 @@ to it with the same block hash (re-signing identical content gives identical byt
 consults :meth:`SignState.refusal` before every signature and emits the next state in a
 ``PersistSignState`` action that the driver must make durable before sending what follows.
 
-The state also carries the validator's lock (round and block hash), which Tendermint sets
-together with a precommit: a restarted validator that forgot its lock could prevote against
-it later, which is as unsafe as signing twice.
+The state also carries the validator's lock, which Tendermint sets together with a precommit:
+the locked block and the prevotes that justified it. A restarted validator that forgot its lock
+could later prevote against it, which is as unsafe as signing twice; one that remembered only
+the lock's hash could neither propose the block nor prove the lock to others, and the height
+could stall.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import Any, Final
 
 from modelmine import wire
+from modelmine.consensus.types import MAX_COMMIT_SIGNATURES, Block, Vote, VoteType
 
 MAX_HEIGHT: Final = 2**62
 MAX_ROUND: Final = 2**31
@@ -33,13 +36,58 @@ class SignStep(enum.IntEnum):
 
 
 @dataclass(frozen=True)
+class Lock:
+    """A block locked at ``round``, with the prevotes (validator, signature) for it that round."""
+
+    round: int
+    block: Block
+    proof: tuple[tuple[bytes, bytes], ...]
+
+    def prevotes(self) -> list[Vote]:
+        h = self.block.height
+        return [
+            Vote(VoteType.PREVOTE, h, self.round, self.block.hash, validator, signature)
+            for validator, signature in self.proof
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "block": self.block.to_dict(),
+            "proof": [[v, s] for v, s in self.proof],
+        }
+
+    @classmethod
+    def from_dict(cls, value: Any) -> Lock:
+        what = "lock"
+        msg = wire.expect_map(value, what)
+        raw = wire.field(msg, "proof", list, what)
+        if len(raw) > MAX_COMMIT_SIGNATURES:
+            raise wire.WireError("lock.proof: too many prevotes")
+        proof: list[tuple[bytes, bytes]] = []
+        for pair in raw:
+            if not (
+                isinstance(pair, list)
+                and len(pair) == 2
+                and all(isinstance(x, bytes) for x in pair)
+                and (len(pair[0]), len(pair[1])) == (32, 64)
+            ):
+                raise wire.WireError("lock.proof: expected [32-byte id, 64-byte signature] pairs")
+            proof.append((pair[0], pair[1]))
+        return cls(
+            round=wire.int_field(msg, "round", 0, MAX_ROUND, what),
+            block=Block.from_dict(wire.field(msg, "block", dict, what)),
+            proof=tuple(proof),
+        )
+
+
+@dataclass(frozen=True)
 class SignState:
     height: int = 0
     round: int = 0
     step: SignStep = SignStep.NONE
     block_hash: bytes | None = None
-    locked_round: int = -1
-    locked_hash: bytes | None = None
+    lock: Lock | None = None  # the lock at ``height``, if any
 
     def refusal(
         self, height: int, round: int, step: SignStep, block_hash: bytes | None
@@ -70,8 +118,8 @@ class SignState:
             return SignState(height, round, step, block_hash)
         return replace(self, round=round, step=step, block_hash=block_hash)
 
-    def locked(self, round: int, block_hash: bytes) -> SignState:
-        return replace(self, locked_round=round, locked_hash=block_hash)
+    def locked(self, lock: Lock) -> SignState:
+        return replace(self, lock=lock)
 
     def to_wire(self) -> bytes:
         return wire.encode(
@@ -80,8 +128,7 @@ class SignState:
                 "round": self.round,
                 "step": int(self.step),
                 "block_hash": self.block_hash,
-                "locked_round": self.locked_round,
-                "locked_hash": self.locked_hash,
+                "lock": None if self.lock is None else self.lock.to_dict(),
             }
         )
 
@@ -89,20 +136,17 @@ class SignState:
     def from_wire(cls, data: bytes) -> SignState:
         what = "sign state"
         msg = wire.expect_map(wire.decode(data), what)
+        raw_lock = wire.field(msg, "lock", (dict, type(None)), what)
+        block_hash = None
+        if msg.get("block_hash", b"") is not None:
+            block_hash = wire.bytes_field(msg, "block_hash", 32, what)
         return cls(
             height=wire.int_field(msg, "height", 0, MAX_HEIGHT, what),
             round=wire.int_field(msg, "round", 0, MAX_ROUND, what),
             step=SignStep(wire.int_field(msg, "step", 0, 3, what)),
-            block_hash=_optional_hash(msg, "block_hash", what),
-            locked_round=wire.int_field(msg, "locked_round", -1, MAX_ROUND, what),
-            locked_hash=_optional_hash(msg, "locked_hash", what),
+            block_hash=block_hash,
+            lock=None if raw_lock is None else Lock.from_dict(raw_lock),
         )
-
-
-def _optional_hash(msg: dict[str, wire.Value], name: str, what: str) -> bytes | None:
-    if msg.get(name, b"") is None:
-        return None
-    return wire.bytes_field(msg, name, 32, what)
 
 
 def _short(block_hash: bytes | None) -> str:

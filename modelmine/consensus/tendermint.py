@@ -34,7 +34,7 @@ from nacl.signing import SigningKey
 
 from modelmine import wire
 from modelmine.consensus.application import Application
-from modelmine.consensus.signstate import SignState, SignStep
+from modelmine.consensus.signstate import Lock, SignState, SignStep
 from modelmine.consensus.types import (
     MAX_FUTURE_MS,
     NO_HASH,
@@ -217,7 +217,7 @@ class Tendermint:
         self.pending: OrderedDict[bytes, bytes] = OrderedDict()
         self.refused = 0  # signatures the sign state refused; a restart may cause a few
         self._decision: Decide | None = None
-        self._locked_hash: bytes | None = None
+        self._locked_block: Block | None = None
         self._valid_block: Block | None = None
         self._waiting_idle = False
         self._enter_height(height, prev_header, last_commit, _HeightLog(height), 0.0)
@@ -241,9 +241,7 @@ class Tendermint:
         first = 0
         if self.sign_state.height == self.height:
             first = self.sign_state.round
-            if self.sign_state.locked_hash is not None:
-                self._locked_round = self.sign_state.locked_round
-                self._locked_hash = self.sign_state.locked_hash
+            self._restore_lock(self.sign_state.lock)
         out: list[Action] = [self._gossip_timer(now)]
         self._start_round(first, now, out)
         self._progress(now, out)
@@ -410,7 +408,7 @@ class Tendermint:
         self._round = 0
         self._step = Step.PROPOSE
         self._locked_round = -1
-        self._locked_hash = None
+        self._locked_block = None
         self._valid_round = -1
         self._valid_block = None
         self._waiting_idle = False
@@ -419,6 +417,22 @@ class Tendermint:
         self._reset_round_flags()
         self._own: list[Proposal | Vote] = []
         self._stall_mark: tuple[int, int, Step] | None = None
+
+    def _restore_lock(self, lock: Lock | None) -> None:
+        """Take back a persisted lock: it is also the valid value, and its proof is replayed."""
+        if lock is None or lock.block.height != self.height:
+            return
+        self._locked_round, self._locked_block = lock.round, lock.block
+        self._valid_round, self._valid_block = lock.round, lock.block
+        self._log.blocks.setdefault(lock.block.hash, lock.block)
+        voteset = self._log.voteset(lock.round, VoteType.PREVOTE)
+        for prevote in lock.prevotes():
+            try:
+                prevote.verify(self.validators, self.chain_id)
+            except ConsensusError:
+                continue
+            if not voteset.by_validator.get(prevote.validator):
+                voteset.add(prevote, self.validators.power_of(prevote.validator))
 
     def _reset_round_flags(self) -> None:
         self._prevote_timer_set = False
@@ -459,6 +473,10 @@ class Tendermint:
         proposal = Proposal.create(self._signer(), self.chain_id, r, pol_round, block)
         self._own.append(proposal)
         out.append(Broadcast(proposal))
+        if pol_round >= 0:
+            # The proof of lock goes with the proposal: others need it to accept the block.
+            proof = self._log.voteset(pol_round, VoteType.PREVOTE).for_value(block.hash)
+            out.extend(Broadcast(v) for v in proof)
         self._log.proposals.setdefault(r, []).append(proposal)
         self._log.blocks.setdefault(block.hash, block)
 
@@ -555,7 +573,7 @@ class Tendermint:
                     continue
                 self._locked_this_round = True
                 if self._step is Step.PREVOTE:
-                    self._locked_round, self._locked_hash = r, block_hash
+                    self._locked_round, self._locked_block = r, block
                     self._precommit(block_hash, out)
                 self._valid_round, self._valid_block = r, block
                 return True
@@ -582,7 +600,8 @@ class Tendermint:
             self._log.power_for(vr, VoteType.PREVOTE, block.hash)
         ):
             return False  # wait for the proof of lock
-        acceptable = self._locked_round == -1 or self._locked_hash == block.hash
+        locked = self._locked_block
+        acceptable = locked is None or locked.hash == block.hash
         if vr >= 0:
             acceptable = acceptable or self._locked_round <= vr
         timely = block.header.time <= int(now * 1000) + self.max_future_ms
@@ -624,8 +643,12 @@ class Tendermint:
             log.warning("not signing: %s", reason)
             return False
         state = self.sign_state.signed(self.height, self._round, step, block_hash)
-        if step is SignStep.PRECOMMIT and block_hash is not None and self._locked_hash:
-            state = state.locked(self._locked_round, self._locked_hash)
+        locked = self._locked_block
+        if step is SignStep.PRECOMMIT and locked is not None and locked.hash == block_hash:
+            r = self._locked_round
+            proof = self._log.voteset(r, VoteType.PREVOTE).for_value(locked.hash)
+            lock = Lock(r, locked, tuple(sorted((v.validator, v.signature) for v in proof)))
+            state = state.locked(lock)
         self.sign_state = state
         out.append(PersistSignState(state))
         return True

@@ -94,6 +94,7 @@ class NetStats:
     evidence: int = 0
     sync_offers: int = 0
     byzantine_messages: int = 0
+    byzantine_invalid_blocks: int = 0  # proposals holding an invalid record
     crashes: int = 0
     partitions: int = 0
     records_submitted: int = 0
@@ -487,6 +488,7 @@ class ConsensusNet:
         if self.rng.random() < 0.3:
             bad = kv_record(node.key, self.chain_id, "evil", "x", 1)
             records = (*records, bad[:-1] + bytes([bad[-1] ^ 1]))  # an invalid record
+            self.stats.byzantine_invalid_blocks += 1
         other = Block.create(
             node.key,
             chain_id=self.chain_id,
@@ -499,7 +501,9 @@ class ConsensusNet:
             last_commit=block.last_commit,
         )
         self._byz_known.setdefault(block.height, []).append(other.hash)
-        return Proposal.create(node.key, self.chain_id, proposal.round, -1, other)
+        # Sometimes it claims a proof of lock from an earlier round that may not exist.
+        pol_round = self.rng.randrange(-1, proposal.round) if proposal.round else -1
+        return Proposal.create(node.key, self.chain_id, proposal.round, pol_round, other)
 
     def _conflicting_votes(self, node: SimNode, vote: Vote) -> list[Proposal | Vote]:
         choices: list[bytes | None] = [vote.block_hash, None]

@@ -29,6 +29,7 @@ def test_the_adversary_and_the_network_really_misbehave() -> None:
     reports = [chaos_run(seed) for seed in range(5)]
     stats = [r.stats for r in reports]
     assert all(s.byzantine_messages > 0 and s.evidence > 0 for s in stats)
+    assert sum(s.byzantine_invalid_blocks for s in stats) > 0  # and none was committed
     assert sum(s.rejected for s in stats) > 0  # forged sync offers were refused
     assert all(s.lost and s.duplicated and s.late and s.cut for s in stats)
     assert sum(s.crashes for s in stats) > 0

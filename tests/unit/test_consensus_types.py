@@ -12,7 +12,7 @@ from nacl.signing import SigningKey
 
 from modelmine import signing, wire
 from modelmine.consensus.merkle import EMPTY_ROOT, leaf_hash, merkle_root
-from modelmine.consensus.signstate import SignState, SignStep
+from modelmine.consensus.signstate import Lock, SignState, SignStep
 from modelmine.consensus.types import (
     NO_HASH,
     Block,
@@ -343,7 +343,9 @@ def test_proposer_lookup_far_along_the_chain_is_fast() -> None:
 # ---- sign state ----
 
 
-def test_sign_state_refuses_anything_conflicting_or_older() -> None:
+def test_sign_state_refuses_anything_conflicting_or_older(
+    chain: tuple[Block, Commit, Block, Commit],
+) -> None:
     a, b = bytes([1]) * 32, bytes([2]) * 32
     state = SignState().signed(3, 1, SignStep.PREVOTE, a)
     assert state.refusal(3, 1, SignStep.PREVOTE, a) is None  # identical: same bytes again
@@ -354,6 +356,13 @@ def test_sign_state_refuses_anything_conflicting_or_older() -> None:
     assert "older" in (state.refusal(2, 9, SignStep.PRECOMMIT, a) or "")
     assert state.refusal(3, 1, SignStep.PRECOMMIT, b) is None
     assert state.refusal(3, 2, SignStep.PROPOSE, b) is None
-    locked = state.signed(3, 1, SignStep.PRECOMMIT, a).locked(1, a)
+    block = chain[0]
+    prevotes = [Vote.create(k, CHAIN, VoteType.PREVOTE, 1, 1, block.hash) for k in KEYS[:3]]
+    lock = Lock(1, block, tuple(sorted((v.validator, v.signature) for v in prevotes)))
+    locked = SignState().signed(1, 1, SignStep.PRECOMMIT, block.hash).locked(lock)
     assert SignState.from_wire(locked.to_wire()) == locked
-    assert locked.signed(4, 0, SignStep.PREVOTE, None).locked_hash is None
+    assert sorted(lock.prevotes(), key=lambda v: v.validator) == sorted(
+        prevotes, key=lambda v: v.validator
+    )
+    assert locked.signed(1, 2, SignStep.PREVOTE, None).lock == lock
+    assert locked.signed(2, 0, SignStep.PREVOTE, None).lock is None

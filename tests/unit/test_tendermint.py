@@ -10,7 +10,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from modelmine.consensus.application import KVApp, kv_record
-from modelmine.consensus.signstate import SignState, SignStep
+from modelmine.consensus.signstate import Lock, SignState, SignStep
 from modelmine.consensus.tendermint import (
     ROUND_WINDOW,
     Action,
@@ -360,7 +360,9 @@ def test_a_locked_validator_prevotes_nil_until_a_later_proof_of_lock() -> None:
     (precommit,) = own_votes(actions, PRECOMMIT)
     assert precommit.block_hash == b.hash
     persisted = [a.state for a in actions if isinstance(a, PersistSignState)]
-    assert (persisted[-1].locked_round, persisted[-1].locked_hash) == (0, b.hash)
+    lock = persisted[-1].lock
+    assert lock is not None and (lock.round, lock.block) == (0, b)
+    assert {v.validator for v in lock.prevotes()} == {IDS[me], IDS[others[0]], IDS[others[1]]}
     # Round 0 fails to commit; round 1 proposes another block without a proof of lock.
     core.on_vote(vote(others[0], PRECOMMIT, None), 0.3)
     (timer,) = timeouts(core.on_vote(vote(others[1], PRECOMMIT, None), 0.3), TimeoutKind.PRECOMMIT)
@@ -430,18 +432,26 @@ def test_a_restarted_validator_never_signs_a_conflicting_prevote() -> None:
     assert repeat.to_wire() == original.to_wire()
 
 
-def test_a_restarted_validator_keeps_its_lock() -> None:
-    me = bystander(1, 0, 1)
-    b = make_block(records=[record(1)])
-    state = SignState(1, 0, SignStep.PRECOMMIT, b.hash, locked_round=0, locked_hash=b.hash)
-    core = make_core(me, sign_state=state)
-    core.start(1.0)
+def test_a_restarted_validator_keeps_its_lock_and_can_prove_it() -> None:
+    me = proposer(1, 2)
     others = [i for i in range(4) if i != me]
-    core.on_vote(vote(others[0], PREVOTE, None, round=1), 1.0)
-    core.on_vote(vote(others[1], PREVOTE, None, round=1), 1.0)
+    b = make_block(records=[record(1)])
+    proof = [vote(i, PREVOTE, b.hash) for i in (me, *others[:2])]
+    lock = Lock(0, b, tuple(sorted((v.validator, v.signature) for v in proof)))
+    core = make_core(me, sign_state=SignState(1, 0, SignStep.PRECOMMIT, b.hash, lock))
+    core.start(1.0)
+    for i in others[:2]:
+        core.on_vote(vote(i, PREVOTE, None, round=1), 1.0)
     c = make_block(1, 1, records=[record(2)], time=1_500)
     (prevote,) = own_votes(core.on_proposal(propose(c, 1), 1.5), PREVOTE)
     assert prevote.block_hash is None
+    # Its turn to propose: it offers the locked block again, with the proof of lock.
+    core.on_vote(vote(others[0], PREVOTE, None, round=2), 2.0)
+    actions = core.on_vote(vote(others[1], PREVOTE, None, round=2), 2.0)
+    (proposal,) = [m for m in sent(actions) if isinstance(m, Proposal)]
+    assert (proposal.round, proposal.pol_round, proposal.block) == (2, 0, b)
+    relayed = {v for v in sent(actions) if isinstance(v, Vote) and v.round == 0}
+    assert relayed == set(proof)
 
 
 def test_a_restarted_proposer_does_not_propose_a_second_block() -> None:
