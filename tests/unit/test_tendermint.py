@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
@@ -282,7 +283,7 @@ def prevote_on(core: Tendermint, proposal: Proposal, now: float = 5.0) -> bytes 
     return prevote.block_hash
 
 
-BAD_BLOCKS = {
+BAD_BLOCKS: dict[str, dict[str, Any]] = {
     "an invalid record": {"records": [record(9)[:-1] + b"\x00"]},
     "a replayed record": {"records": [record(1)]},
     "a wrong state root": {"state_root": bytes(32)},
@@ -299,9 +300,9 @@ def test_honest_validators_prevote_nil_on_a_bad_block(
     defect: str, height_two: tuple[Block, Commit, KVApp]
 ) -> None:
     b1, c1, app = height_two
-    fields = {"prev": b1, "last_commit": c1, "time": 2_000, "state_root": app.state_root()}
-    fields |= BAD_BLOCKS[defect]
-    block = make_block(2, **fields)  # type: ignore[arg-type]
+    fields: dict[str, Any] = {"prev": b1, "last_commit": c1, "time": 2_000}
+    fields |= {"state_root": app.state_root()} | BAD_BLOCKS[defect]
+    block = make_block(2, **fields)
     core = make_core(bystander(2), app=app, height=2, prev=b1, last_commit=c1)
     assert prevote_on(core, propose(block)) is None
 
