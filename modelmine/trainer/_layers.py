@@ -54,7 +54,7 @@ class Dense(Layer):
     def backward(self, dy: Array, need_dx: bool = True) -> Array | None:
         assert self._x is not None, "backward before forward"
         np.matmul(self._x.T, dy, out=self.grads[0])
-        np.sum(dy, axis=0, out=self.grads[1])
+        np.add.reduce(dy, axis=0, out=self.grads[1])
         self._x = None
         return dy @ self.params[0].T if need_dx else None
 
@@ -198,7 +198,7 @@ class Conv2D(Layer):
         weight = self.params[0]
         dy2 = dy.reshape(n * h * w, -1)
         np.matmul(self._cols.T, dy2, out=self.grads[0].reshape(c * k * k, -1))
-        np.sum(dy2, axis=0, out=self.grads[1])
+        np.add.reduce(dy2, axis=0, out=self.grads[1])
         self._cols = None
         if not need_dx:
             return None

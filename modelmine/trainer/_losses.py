@@ -22,7 +22,7 @@ def softmax_cross_entropy(logits: Array, labels: NDArray[np.integer[Any]]) -> tu
     exp = np.exp(shifted)
     total = exp.sum(axis=1, keepdims=True)
     log_total = np.log(total)
-    loss = float(np.mean(log_total[:, 0] - shifted[rows, labels]))
+    loss = float((log_total[:, 0] - shifted[rows, labels]).sum()) / n
     grad = exp
     grad /= total
     grad[rows, labels] -= 1
@@ -33,7 +33,7 @@ def softmax_cross_entropy(logits: Array, labels: NDArray[np.integer[Any]]) -> tu
 def mean_squared_error(predictions: Array, targets: Array) -> tuple[float, Array]:
     """Mean over samples of the squared error of single-output `predictions` (n, 1)."""
     diff = predictions[:, 0] - targets
-    loss = float(np.mean(diff * diff))
+    loss = float((diff * diff).sum()) / diff.shape[0]
     grad = (diff * diff.dtype.type(2 / diff.shape[0]))[:, None]
     return loss, grad
 
