@@ -93,9 +93,9 @@ class Network:
             elif kind in _ACTIVATIONS:
                 layers.append(_ACTIVATIONS[kind]())
             elif kind == "dropout":
-                layers.append(
-                    Dropout(float(layer["rate"]), dropout_rng or np.random.default_rng(0))
-                )
+                # A loaded model only predicts, and dropout draws nothing outside training.
+                rng = dropout_rng if dropout_rng is not None else np.random.default_rng(0)
+                layers.append(Dropout(float(layer["rate"]), rng))
             elif kind == "reshape":
                 layers.append(Reshape(tuple(int(d) for d in layer["shape"])))
             elif kind == "maxpool2d":
