@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 import trio_websocket
 from nacl.signing import SigningKey
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
@@ -112,6 +113,58 @@ async def test_connect_and_echo_both_ways() -> None:
             await link.aclose()
             (closed,) = await outcomes.wait_closed()
             assert closed.code == 1000
+
+
+async def test_concurrent_senders_keep_the_channel_in_step() -> None:
+    received: list[bytes] = []
+    finished = trio.Event()
+
+    async def collect(link: PeerLink) -> None:
+        for _ in range(200):
+            received.append(await link.receive())
+        finished.set()
+        await link.receive()
+
+    with trio.fail_after(DEADLINE):
+        async with serving(collect) as url, trio.open_nursery() as nursery:
+            link = await dial(nursery, url)
+
+            async def sender(n: int) -> None:
+                for i in range(20):
+                    await link.send(b"%d:%d" % (n, i))
+
+            async with trio.open_nursery() as senders:
+                for n in range(10):
+                    senders.start_soon(sender, n)
+            await finished.wait()
+            assert sorted(received) == sorted(
+                b"%d:%d" % (n, i) for n in range(10) for i in range(20)
+            )
+            async with trio.open_nursery() as readers:
+                readers.start_soon(link.receive)
+                await trio.testing.wait_all_tasks_blocked()
+                with pytest.raises(trio.BusyResourceError):
+                    await link.receive()
+                readers.cancel_scope.cancel()
+            await link.aclose()
+
+
+async def test_dial_gives_up_at_the_deadline() -> None:
+    async def mute(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        await trio.sleep_forever()  # never answers hs1
+        await ws.aclose()
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                partial(trio_websocket.serve_websocket, mute, "127.0.0.1", 0, None)
+            )
+            started = trio.current_time()
+            with pytest.raises(ConnectFailed, match=r"no handshake .* within 0.3 s"):
+                await dial(nursery, f"ws://127.0.0.1:{server.port}", handshake_timeout=0.3)
+            assert 0.3 <= trio.current_time() - started < 2.0
+            nursery.cancel_scope.cancel()
 
 
 async def test_server_side_link_knows_its_peer() -> None:
