@@ -101,14 +101,15 @@ def _decode(frame: bytes, kind: str, keys: frozenset[str]) -> dict[str, wire.Val
     kind_seen = wire.str_field(msg, "t", 8, kind)
     if kind_seen != kind:
         raise wire.WireError(f"expected {kind}, got {kind_seen!r}")
+    if "v" in keys and "v" in msg:
+        # Before the field check, so that a newer peer hears about versions, not fields.
+        version = wire.field(msg, "v", int, kind)
+        if version != VERSION:
+            raise HandshakeError(f"unsupported handshake version {version} (we speak {VERSION})")
     if msg.keys() != keys:
         raise wire.WireError(
             f"{kind}: expected fields {sorted(keys)}, got {sorted(map(repr, msg))}"
         )
-    if "v" in keys:
-        version = wire.field(msg, "v", int, kind)
-        if version != VERSION:
-            raise HandshakeError(f"unsupported handshake version {version} (we speak {VERSION})")
     return msg
 
 

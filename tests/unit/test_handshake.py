@@ -330,6 +330,7 @@ def _hs1(**changes: object) -> bytes:
         (_hs1(t="hs2"), "expected hs1"),
         (_hs1(t=1), "expected str"),
         (_hs1(v=2), "unsupported handshake version 2"),
+        (_hs1(v=2, e=None, e2=b"new layout"), "unsupported handshake version 2"),
         (_hs1(v=True), "got bool"),
         (_hs1(e=bytes(32)), "small order"),
         (VALID.hs1 + b"\x00", "ExtraData"),
