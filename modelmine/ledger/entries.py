@@ -46,6 +46,29 @@ class Account:
     def registered(self) -> bool:
         return self.name is not None
 
+    # Direct constructors: these run for every record, and dataclasses.replace is slow.
+
+    def with_nonce(self, nonce: int) -> Account:
+        return Account(
+            self.id, self.balance, nonce, self.name, self.registered_height, self.earned, self.fees
+        )
+
+    def with_balance(self, balance: int) -> Account:
+        return Account(
+            self.id, balance, self.nonce, self.name, self.registered_height, self.earned, self.fees
+        )
+
+    def credited(self, amount: int, *, earned: int = 0, fees: int = 0) -> Account:
+        return Account(
+            self.id,
+            self.balance + amount,
+            self.nonce,
+            self.name,
+            self.registered_height,
+            self.earned + earned,
+            self.fees + fees,
+        )
+
     def to_value(self) -> dict[str, Any]:
         return {
             "id": self.id,

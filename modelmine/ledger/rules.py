@@ -90,15 +90,7 @@ class Scratch:
 
     def credit(self, key: bytes, amount: int, *, earned: int = 0, fees: int = 0) -> None:
         if amount:
-            acc = self.holder(key)
-            self.put(
-                dataclasses.replace(
-                    acc,
-                    balance=acc.balance + amount,
-                    earned=acc.earned + earned,
-                    fees=acc.fees + fees,
-                )
-            )
+            self.put(self.holder(key).credited(amount, earned=earned, fees=fees))
 
     def pay(self, shares: Shares, *, fees: bool = False) -> None:
         for key, amount in shares:
@@ -148,7 +140,7 @@ def _next_nonce(s: Scratch, record: Record) -> Account:
         )
     if record.nonce > expected:
         raise Rejected(f"nonce {record.nonce} of {short(record.signer)} skips ahead of {expected}")
-    return dataclasses.replace(acc, nonce=record.nonce)
+    return acc.with_nonce(record.nonce)
 
 
 def _registered(s: Scratch, key: bytes, who: str) -> Account:
@@ -218,7 +210,7 @@ def _transfer(s: Scratch, r: Transfer) -> None:
     sender = _next_nonce(s, r)
     if sender.balance < r.amount:
         raise _insufficient(sender, r.amount)
-    s.put(dataclasses.replace(sender, balance=sender.balance - r.amount))
+    s.put(sender.with_balance(sender.balance - r.amount))
     s.credit(r.to, r.amount)
 
 
@@ -234,7 +226,7 @@ def _submit(s: Scratch, r: JobSubmit) -> None:
         )
     if acc.balance < r.stake:
         raise _insufficient(acc, r.stake)
-    s.put(dataclasses.replace(acc, balance=acc.balance - r.stake))
+    s.put(acc.with_balance(acc.balance - r.stake))
     s.put(
         Job(
             id=r.id,

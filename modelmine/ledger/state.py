@@ -6,7 +6,7 @@
 blocks, so any node, or ``verify``, recomputes the same state root from the blocks alone.
 
 State root. Every account and job has a leaf, SHA-256 of the canonical msgpack of its plain
-form (``to_value``). The root is SHA-256 of the canonical msgpack of the map::
+form (``to_value``; for a job without the spec, to which the job id already commits). The root is SHA-256 of the canonical msgpack of the map::
 
     {"version": 1, "network": genesis network id, "height", "time_ms", "granted",
      "fee_due": [job ids completed in the last block, in order],
@@ -390,4 +390,9 @@ class LedgerState:
 
 
 def _leaf(entry: Account | Job) -> bytes:
-    return wire.sha256(wire.encode(entry.to_value()))
+    value = entry.to_value()
+    if isinstance(entry, Job):
+        # The job id is the hash of the signed submission holding the spec, so it commits to
+        # the spec already; leaving the spec out keeps a job's leaf cheap to recompute.
+        del value["spec"]
+    return wire.sha256(wire.encode(value))

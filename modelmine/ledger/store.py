@@ -75,9 +75,10 @@ class StoreError(Exception):
 
 
 def db_path(path: str | Path) -> Path:
-    """``path`` itself, or ``path/ledger.sqlite`` when ``path`` is a directory."""
+    """The database file: ``path`` itself if it is a file or ends in ``.sqlite``, else
+    ``path/ledger.sqlite`` (``path`` is a data directory)."""
     p = Path(path)
-    return p / DB_FILE if p.is_dir() else p
+    return p if p.suffix == ".sqlite" or p.is_file() else p / DB_FILE
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,8 @@ class LedgerStore:
 
     @classmethod
     def open(cls, path: str | Path, genesis: Genesis, *, read_only: bool = False) -> LedgerStore:
-        """Open (creating unless ``read_only``) the database at ``path`` (a file, or a data
-        directory holding ``ledger.sqlite``) for the network of ``genesis``."""
+        """Open (creating unless ``read_only``) the database at ``path`` (see :func:`db_path`)
+        for the network of ``genesis``."""
         file = db_path(path)
         try:
             if read_only:

@@ -109,10 +109,8 @@ def _verify_blocks(
             raise _Bad(height, f"stored block {height} cannot be decoded: {exc}") from None
         if block.height != height:
             raise _Bad(height, f"the block stored at height {height} says {block.height}")
-        if block.header.to_wire() != row.header_wire or block.hash != row.hash:
+        if block.hash != row.hash or wire.sha256(row.header_wire) != row.hash:
             raise _Bad(height, f"stored header or hash of block {height} differs from its block")
-        if block.to_wire() != row.block_wire or commit.to_wire() != row.commit_wire:
-            raise _Bad(height, f"block {height} or its commit is not stored in canonical form")
         try:
             verify_block(
                 block,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import msgpack
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
@@ -21,6 +22,7 @@ from ledger_kit import (
     pub,
 )
 
+from modelmine import signing, wire
 from modelmine.consensus.types import Block, Commit
 from modelmine.ledger import (
     STALL_MS,
@@ -95,6 +97,19 @@ def test_a_replayed_transfer_is_rejected() -> None:
     reason = w.reason(transfer)
     assert reason is not None and "replay: nonce 2 of" in reason and "already used" in reason
     assert w.state.balance(pub(BOB)) == 1010
+
+
+def test_two_encodings_of_one_signed_transfer_apply_once() -> None:
+    w = World().with_accounts()
+    body = msgpack.packb({"to": pub(BOB), "amount": 5, "nonce": 2}, use_bin_type=True)
+    signature = ALICE.sign(signing.signing_input("transfer", w.genesis.chain_id, body)).signature
+    odd = wire.encode(["transfer", pub(ALICE), body, signature])
+    usual = rec.make_transfer(ALICE, w.genesis.chain_id, pub(BOB), 5, 2)
+    assert w.state.select_records([odd, usual], 10) == [odd]
+    w.block(odd)
+    reason = w.reason(usual)
+    assert reason is not None and "replay" in reason
+    assert w.state.balance(pub(BOB)) == 1005
 
 
 def test_a_nonce_that_skips_ahead_is_rejected() -> None:
