@@ -6,7 +6,8 @@
 blocks, so any node, or ``verify``, recomputes the same state root from the blocks alone.
 
 State root. Every account and job has a leaf, SHA-256 of the canonical msgpack of its plain
-form (``to_value``; for a job without the spec, to which the job id already commits). The root is SHA-256 of the canonical msgpack of the map::
+form (``to_value``; a job's without its spec, to which the job id already commits). The root
+is SHA-256 of the canonical msgpack of the map::
 
     {"version": 1, "network": genesis network id, "height", "time_ms", "granted",
      "fee_due": [job ids completed in the last block, in order],
@@ -369,8 +370,8 @@ class LedgerState:
             self._unsaved_jobs.add(key)
 
     def _compute_root(self) -> bytes:
-        accounts = hashlib.sha256(b"".join(self._account_leaf[k] for k in self._account_ids))
-        jobs = hashlib.sha256(b"".join(self._job_leaf[k] for k in self._job_ids))
+        accounts = hashlib.sha256(b"".join(map(self._account_leaf.__getitem__, self._account_ids)))
+        jobs = hashlib.sha256(b"".join(map(self._job_leaf.__getitem__, self._job_ids)))
         return wire.sha256(
             wire.encode(
                 {
