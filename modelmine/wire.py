@@ -48,7 +48,10 @@ def _canonical(value: Value, depth: int) -> Value:
 
 def encode(value: Value) -> bytes:
     """Canonical msgpack bytes of ``value`` (dicts with str keys, lists, scalars, bytes)."""
-    packed: bytes = msgpack.packb(_canonical(value, 0), use_bin_type=True)
+    try:
+        packed: bytes = msgpack.packb(_canonical(value, 0), use_bin_type=True)
+    except OverflowError as exc:
+        raise WireError(f"integer out of the 64-bit range: {exc}") from None
     return packed
 
 
@@ -56,14 +59,20 @@ def _no_ext(code: int, data: bytes) -> Value:
     raise WireError(f"msgpack ext type {code} is not allowed")
 
 
-def _check_depth(value: Value) -> None:
+def _check_shape(value: Value) -> None:
+    """Depth limit, and str-only map keys (msgpack's strict mode also lets bytes through)."""
     stack: list[tuple[Value, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, dict | list):
             if depth >= MAX_DEPTH:
                 raise WireError(f"message nested deeper than {MAX_DEPTH}")
-            children = item.values() if isinstance(item, dict) else item
+            if isinstance(item, dict):
+                if not all(isinstance(key, str) for key in item):
+                    raise WireError("map key is not a string")
+                children = list(item.values())
+            else:
+                children = item
             stack.extend((child, depth + 1) for child in children)
 
 
@@ -95,7 +104,7 @@ def decode(data: bytes, *, max_size: int = MAX_MESSAGE_SIZE) -> Value:
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         # ExtraData, OutOfData (truncated), FormatError, StackError, UnicodeDecodeError ...
         raise WireError(f"malformed msgpack: {type(exc).__name__}: {exc}") from exc
-    _check_depth(value)
+    _check_shape(value)
     return value
 
 

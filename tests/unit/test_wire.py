@@ -84,3 +84,10 @@ def test_signatures_bind_domain_chain_and_exact_bytes() -> None:
     )
     with pytest.raises(SignatureError):
         verify(parse(tampered), "chain-a")
+
+
+def test_bytes_map_keys_and_huge_integers_are_wire_errors() -> None:
+    with pytest.raises(wire.WireError, match="map key is not a string"):
+        wire.decode(msgpack.packb({b"k": 1}, use_bin_type=True))
+    with pytest.raises(wire.WireError, match="64-bit"):
+        wire.encode({"n": 2**70})
