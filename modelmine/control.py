@@ -3,7 +3,7 @@
 The server knows nothing of what methods do. The node registers handlers and topics and
 publishes events; the CLI and the TUI connect with :mod:`modelmine.control_client`, finding the
 URL and token in ``<data-dir>/control.json`` (mode 0600). The protocol is described in
-``docs/control-api.md``.
+``docs/protocol.md`` (section "Control API").
 
 Bounds: at most ``max_connections`` clients, ``max_in_flight`` concurrent method calls per
 client (further requests wait: TCP backpressure), ``max_subscriptions`` per client, a queue of

@@ -11,7 +11,7 @@ leaks later (forward secrecy). Each side signs the running transcript hash with 
 identity key, bound to the network id and its role, and sends identity and signature inside an
 AEAD box keyed from the ephemeral DH secret, which hides identities from passive observers and
 ties each identity to this very key exchange. The exact layouts and key schedule are in
-``docs/protocol-handshake.md``; they are the contract, this module is one implementation of it.
+``docs/protocol.md`` (section "Handshake and frames"); they are the contract, this module is one implementation of it.
 
 The classes hold no sockets and no clock: the caller moves frames and enforces the deadline.
 Every failure is a :class:`HandshakeError` and leaves the handshake failed for good.

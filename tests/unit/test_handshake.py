@@ -1,7 +1,7 @@
 """The handshake and the frame channel, sans-IO.
 
 Malicious peers are built from ``Spec``, an independent rendering of the key schedule in
-docs/protocol-handshake.md: an honest ``Spec`` peer must be accepted (so the document and the
+docs/protocol.md (Handshake and frames): an honest ``Spec`` peer must be accepted (so the document and the
 code agree), and every dishonest variant must be refused.
 """
 
