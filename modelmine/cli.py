@@ -19,6 +19,7 @@ from modelmine import __version__
 COMMAND_MODULES: tuple[str, ...] = (
     "modelmine.commands.network",
     "modelmine.commands.accounts",
+    "modelmine.commands.ledger",
     "modelmine.commands.train",
 )
 

@@ -17,8 +17,12 @@ import trio
 from nacl.signing import SigningKey
 
 from modelmine import __version__, control
+from modelmine.consensus.service import CONSENSUS_TOPIC, RECORDS_TOPIC, ChainService
+from modelmine.consensus.types import Block, Commit
 from modelmine.genesis import GENESIS_FILE, Genesis, GenesisError, make_genesis
 from modelmine.identity import load_or_create_node_key, short_id
+from modelmine.ledger import DB_FILE, LedgerStore, StoreError
+from modelmine.ledger_api import LedgerApi, block_summary
 from modelmine.metrics import MetricsSampler
 from modelmine.p2p.host import Host
 from modelmine.p2p.membership import HEARTBEAT_DOMAIN, Heartbeat, MemberChange, Status
@@ -102,7 +106,16 @@ class Node:
             on_members=self._on_members,
             advertise=config.advertise,
         )
+        try:
+            self.store = LedgerStore.open(config.data_dir / DB_FILE, self.genesis)
+            self.state = self.store.load_state()
+        except StoreError as exc:
+            raise NodeError(f"ledger database: {exc}") from None
+        self.chain = ChainService(
+            self.genesis, self.key, self.state, self.store, self.host, on_block=self._on_block
+        )
         self.control = control.ControlServer(control.new_token())
+        self.ledger_api = LedgerApi(self.chain, self.state, self.store, self.chain_id)
         self.metrics = MetricsSampler()
         self.started = time.time()
         self.busy_slots = 0
@@ -118,6 +131,7 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 address = await nursery.start(self.host.run)
+                await nursery.start(self.chain.run)
                 self._control_url = await nursery.start(
                     functools.partial(self.control.run, data_dir=self.config.data_dir),
                     self.config.control_host,
@@ -135,6 +149,7 @@ class Node:
                 task_status.started({"address": address, "control": self._control_url})
         finally:
             self.peerstore.close()
+            self.store.close()
 
     # ---- heartbeats ----
 
@@ -169,7 +184,11 @@ class Node:
             await trio.sleep(interval)
 
     def _on_deliver(self, delivery: Deliver) -> None:
-        pass  # application topics (records, jobs) plug in here
+        if delivery.topic in (CONSENSUS_TOPIC, RECORDS_TOPIC):
+            self.chain.deliver(delivery)
+
+    def _on_block(self, block: Block, commit: Commit) -> None:
+        self.control.publish("blocks", block_summary(block))
 
     def _on_members(self, changes: tuple[MemberChange, ...]) -> None:
         for change in changes:
@@ -191,12 +210,14 @@ class Node:
         self.control.register_topic("peers")
         self.control.register("status", self._status)
         self.control.register("peers", self._peers)
+        self.ledger_api.register(self.control)
 
     async def _status(self, params: dict[str, Any]) -> dict[str, Any]:
         return self.status()
 
     def status(self) -> dict[str, Any]:
         members = [m for m in self.overlay.members if m.node_id != self.node_id]
+        chain = self.chain.status()
         return {
             "node_id": self.node_id.hex(),
             "name": self.name,
@@ -212,6 +233,11 @@ class Node:
             "uptime": round(time.time() - self.started, 1),
             "validator": self.genesis.validator(self.node_id) is not None,
             "data_dir": str(self.config.data_dir),
+            "height": chain.height,
+            "head": chain.head.hex(),
+            "round": chain.round,
+            "pending_records": chain.pending,
+            "syncing": chain.syncing,
         }
 
     async def _peers(self, params: dict[str, Any]) -> list[dict[str, Any]]:

@@ -27,9 +27,21 @@ def register(sub: Any) -> None:
     add_password_args(create)
     create.set_defaults(func=cmd_create)
 
+    reg = account_sub.add_parser("register", help="register an account on the ledger (grant)")
+    reg.add_argument("name")
+    add_client_args(reg)
+    add_password_args(reg)
+    reg.set_defaults(func=_register)
+
     listing = account_sub.add_parser("list", help="list the accounts in this data dir")
     add_client_args(listing)
     listing.set_defaults(func=cmd_list)
+
+
+def _register(args: argparse.Namespace) -> int:
+    from modelmine.commands.ledger import cmd_register
+
+    return cmd_register(args)
 
 
 def cmd_create(args: argparse.Namespace) -> int:

@@ -229,6 +229,11 @@ class Tendermint:
         return self.node_id is not None
 
     @property
+    def round(self) -> int:
+        """The round in progress at the current height."""
+        return self._round
+
+    @property
     def decision(self) -> Decide | None:
         """The decision of the current height, once made (until ``next_height``)."""
         return self._decision
