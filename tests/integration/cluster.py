@@ -82,6 +82,7 @@ class Cluster:
     nodes: list[Proc] = field(init=False)
     ports: list[int] = field(init=False)
     bootstrap_url: str = field(init=False)
+    extra: list[Proc] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.genesis = write_network(self.root, self.n, chain_id="test-net")
@@ -123,6 +124,32 @@ class Cluster:
             for i in range(1, self.n + 1)
         ]
 
+    def add_observer(self, name: str) -> Proc:
+        """A node that is not a validator: it follows the chain and syncs it."""
+        py = [sys.executable, "-m", "modelmine", "--log-level", "INFO"]
+        directory = self.root / name
+        directory.mkdir(parents=True, exist_ok=True)
+        proc = Proc(
+            name,
+            [
+                *py,
+                "node",
+                "--data-dir",
+                str(directory),
+                "--name",
+                name,
+                "--listen",
+                f"127.0.0.1:{free_port()}",
+                "--bootstrap",
+                self.bootstrap_url,
+                "--genesis",
+                str(self.root / "genesis.json"),
+            ],
+            directory / "node.log",
+        )
+        self.extra.append(proc)
+        return proc
+
     def data_dir(self, i: int) -> Path:
         return self.root / f"node-{i}"
 
@@ -135,11 +162,12 @@ class Cluster:
             node.start()
 
     def stop(self) -> None:
-        for proc in [*self.nodes, self.bootstrap]:
+        for proc in [*self.nodes, *self.extra, self.bootstrap]:
             proc.stop()
 
     def logs(self) -> str:
-        return "\n".join(f"==== {p.name}\n{p.log()[-4000:]}" for p in [self.bootstrap, *self.nodes])
+        procs = [self.bootstrap, *self.nodes, *self.extra]
+        return "\n".join(f"==== {p.name}\n{p.log()[-4000:]}" for p in procs)
 
 
 async def call(data_dir: Path, method: str, **params: Any) -> Any:
@@ -170,3 +198,18 @@ async def wait_for(
 async def peer_statuses(data_dir: Path) -> dict[str, dict[str, Any]]:
     peers = await try_call(data_dir, "peers")
     return {p["node_id"]: p for p in peers or []}
+
+
+async def submit(data_dir: Path, make: Callable[[str, int], bytes], signer: bytes) -> int:
+    """Submit a record built with the signer's next nonce through this node; its height."""
+    async with open_control_client(data_dir) as client:
+        status = await client.call("status")
+        account = await client.call("ledger.account", account=signer.hex())
+        raw = make(status["chain_id"], account["next_nonce"])
+        sent = await client.call("ledger.submit", record=raw.hex())
+        done = await client.request(
+            "ledger.wait", {"record_id": sent["record_id"], "timeout": 60}, call_timeout=70
+        )
+        height = done["height"]
+        assert height is not None, f"record {sent['record_id'][:12]} not final in 60 s"
+        return int(height)
