@@ -204,6 +204,9 @@ def _parse(raw: bytes, chain_id: str) -> Record:
             spec = JobSpec.from_dict(spec_dict)
         except SpecError as exc:
             raise RecordError(f"{kind}.spec: {'; '.join(exc.errors)}") from None
+        except (TypeError, ValueError, RecursionError) as exc:
+            # Never expected, but a record must be refused, not crash every node alike.
+            raise RecordError(f"{kind}.spec: cannot be read: {exc}") from None
         stake = p.integer("stake", 1, MAX_STAKE)
         if stake != spec.stake:
             raise RecordError(f"{kind}.stake: {stake} differs from the spec's stake {spec.stake}")

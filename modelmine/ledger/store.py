@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -170,6 +171,19 @@ class LedgerStore:
     ) -> None:
         self.close()
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every read inside sees the database as of its start, even while another process
+        writes. Nests: inside a snapshot or transaction it adds nothing."""
+        if self._conn.in_transaction:
+            yield
+            return
+        self._conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._conn.execute("ROLLBACK")
+
     # ---- blocks ----
 
     def head(self) -> tuple[int, bytes]:
@@ -224,6 +238,10 @@ class LedgerStore:
 
     def load_state(self) -> LedgerState:
         """The state after the head block, checked against its stored root."""
+        with self.snapshot():
+            return self._load_state()
+
+    def _load_state(self) -> LedgerState:
         raw = self._ledger_value("state")
         if raw is None:
             if self.head()[0] != 0:

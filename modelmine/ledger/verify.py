@@ -1,6 +1,7 @@
 """Re-check a whole stored chain from the genesis: ``modelmine ledger verify``.
 
-:func:`verify_chain` opens a node's ledger database read-only and checks, block by block,
+:func:`verify_chain` opens a node's ledger database read-only (a stopped node's, a copy, or a
+running node's: it reads one consistent snapshot) and checks, block by block,
 everything a node that trusts no one would: the stored hash and header match the block, the
 height and prev-hash link, strictly increasing time, the records root, the proposer and its
 signature, the previous block's commit (last_commit) and the block's own stored commit
@@ -61,7 +62,7 @@ def verify_chain(path: str | Path, genesis: Genesis) -> VerifyReport:
     state = LedgerState(genesis)
     counts = {"records": 0, "signatures": 0}
     good = 0
-    with LedgerStore.open(path, genesis, read_only=True) as store:
+    with LedgerStore.open(path, genesis, read_only=True) as store, store.snapshot():
         try:
             good = _verify_blocks(store, genesis, validators, state, counts)
             _verify_stored_state(store, state)

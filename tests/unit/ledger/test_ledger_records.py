@@ -277,3 +277,35 @@ def test_any_flipped_bit_is_rejected(position: int, bit: int) -> None:
     raw[position % len(raw)] ^= 1 << bit
     with pytest.raises(RecordError):
         parse_record(bytes(raw), CHAIN)
+
+
+_SPEC_KEYS = st.sampled_from(
+    ["title", "stake", "model", "dataset", "hyperparameters", "kind", "name", "hidden", "epochs"]
+)
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63)
+    | st.floats()
+    | st.text(max_size=10)
+    | st.binary(max_size=10)
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_SPEC_KEYS, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(_SPEC_KEYS, _VALUES, max_size=6), st.integers(1, 10**9))
+def test_any_signed_spec_is_accepted_or_refused_with_a_record_error(
+    spec: dict[str, Any], stake: int
+) -> None:
+    raw = signed("job.submit", {"spec": spec, "stake": stake, "nonce": 1, "time_ms": 0})
+    try:
+        record = parse_record(raw, CHAIN)
+    except RecordError as exc:
+        assert str(exc).startswith("job.submit")
+    else:
+        assert isinstance(record, JobSubmit)

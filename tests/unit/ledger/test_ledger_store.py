@@ -22,6 +22,7 @@ from modelmine.ledger import (
     LedgerStore,
     StoreError,
     record_id,
+    verify_chain,
 )
 
 
@@ -223,3 +224,18 @@ def test_a_node_killed_at_any_instant_reopens_consistent(tmp_path: Path) -> None
                 assert header is not None and header.hash == head_hash
         heads.append(height)
     assert heads == sorted(heads) and heads[-1] > 20, heads
+
+
+def test_verify_reads_a_consistent_snapshot_of_a_running_node(tmp_path: Path) -> None:
+    db = tmp_path / "ledger.sqlite"
+    genesis = make_genesis()
+    with subprocess.Popen([sys.executable, str(CHILD), str(db)], stdout=subprocess.PIPE) as child:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"ready\n"
+        try:
+            reports = [verify_chain(db, genesis) for _ in range(3)]
+        finally:
+            child.kill()
+            child.wait(timeout=10)
+    assert all(r.ok for r in reports), [r.reason for r in reports]
+    assert reports[-1].height > 0
