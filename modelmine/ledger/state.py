@@ -80,10 +80,10 @@ class LedgerState:
         self.chain_id = genesis.chain_id
         self.validators = ValidatorSet.from_genesis(genesis)
         self._network_id = genesis.network_id
-        self.height = 0
-        self.time_ms = 0  # header time of the last applied block
-        self.granted = 0  # credits ever created by registration grants
-        self.fee_due: tuple[bytes, ...] = ()
+        self._height = 0
+        self._time_ms = 0
+        self._granted = 0
+        self._fee_due: tuple[bytes, ...] = ()
         self._accounts: dict[bytes, Account] = {}
         self._jobs: dict[bytes, Job] = {}
         self._account_leaf: dict[bytes, bytes] = {}
@@ -109,8 +109,8 @@ class LedgerState:
     ) -> LedgerState:
         """A state from its saved parts (see :meth:`unsaved`); nothing counts as unsaved."""
         state = cls(genesis)
-        state.height, state.time_ms, state.granted = height, time_ms, granted
-        state.fee_due = tuple(fee_due)
+        state._height, state._time_ms, state._granted = height, time_ms, granted
+        state._fee_due = tuple(fee_due)
         for acc in accounts:
             state._accounts[acc.id] = acc
             state._account_leaf[acc.id] = _leaf(acc)
@@ -121,6 +121,26 @@ class LedgerState:
         state._job_ids = sorted(state._jobs)
         state._root = state._compute_root()
         return state
+
+    @property
+    def height(self) -> int:
+        """Height of the last applied block (0: the genesis state)."""
+        return self._height
+
+    @property
+    def time_ms(self) -> int:
+        """Header time of the last applied block (0 before the first)."""
+        return self._time_ms
+
+    @property
+    def granted(self) -> int:
+        """Credits ever created by registration grants: the total supply."""
+        return self._granted
+
+    @property
+    def fee_due(self) -> tuple[bytes, ...]:
+        """Jobs completed in the last block, whose validators' fee the next block pays."""
+        return self._fee_due
 
     # ---- the Application protocol ----
 
@@ -185,9 +205,9 @@ class LedgerState:
         if self.fee_due:
             rules.pay_fees(scratch, self.fee_due, self._fee_signers(block.last_commit))
         self._merge(scratch)
-        self.height, self.time_ms = h.height, h.time
-        self.granted += scratch.granted
-        self.fee_due = tuple(scratch.completed)
+        self._height, self._time_ms = h.height, h.time
+        self._granted += scratch.granted
+        self._fee_due = tuple(scratch.completed)
         self._root = self._compute_root()
         return self._root
 

@@ -112,26 +112,30 @@ class LedgerStore:
         """Open (creating unless ``read_only``) the database at ``path`` (see :func:`db_path`)
         for the network of ``genesis``."""
         file = db_path(path)
+        if read_only and not file.exists():
+            raise StoreError(f"no ledger database at {file}")
         try:
             if read_only:
-                if not file.exists():
-                    raise StoreError(f"no ledger database at {file}")
-                conn = sqlite3.connect(
-                    f"{file.resolve().as_uri()}?mode=ro",
-                    uri=True,
-                    isolation_level=None,
-                    check_same_thread=False,
-                )
+                uri = f"{file.resolve().as_uri()}?mode=ro"
+                conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             else:
                 file.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(file, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the ledger database {file}: {exc}") from None
+        store = cls(conn, file, genesis)
+        try:
+            if not read_only:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=5000")
-            store = cls(conn, file, genesis)
             store._check_or_init(read_only)
         except sqlite3.Error as exc:
+            conn.close()
             raise StoreError(f"cannot open the ledger database {file}: {exc}") from None
+        except StoreError:
+            conn.close()
+            raise
         return store
 
     def _check_or_init(self, read_only: bool) -> None:

@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -233,9 +234,18 @@ def test_verify_reads_a_consistent_snapshot_of_a_running_node(tmp_path: Path) ->
         assert child.stdout is not None
         assert child.stdout.readline() == b"ready\n"
         try:
+            deadline = time.monotonic() + 10
+            while _head(db, genesis) < 20:
+                assert time.monotonic() < deadline, "the writer made no progress"
+                time.sleep(0.01)
             reports = [verify_chain(db, genesis) for _ in range(3)]
         finally:
             child.kill()
             child.wait(timeout=10)
     assert all(r.ok for r in reports), [r.reason for r in reports]
-    assert reports[-1].height > 0
+    assert reports[-1].height >= 20
+
+
+def _head(db: Path, genesis: Genesis) -> int:
+    with LedgerStore.open(db, genesis, read_only=True) as store:
+        return store.head()[0]
