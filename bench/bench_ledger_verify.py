@@ -240,7 +240,8 @@ def _median_trial(path: Path, mode: str, trials: int) -> dict[str, float]:
         ).stdout
         results.append(json.loads(out))
     results.sort(key=lambda r: r["raw_seconds"] / r["seconds"])
-    return results[len(results) // 2]
+    median: dict[str, float] = results[len(results) // 2]
+    return median
 
 
 def run(blocks: int = 300, trials: int = 5) -> list[dict[str, Any]]:
@@ -291,8 +292,8 @@ def main() -> None:
     if args.trial is not None:
         print(json.dumps(trial(args.trial, bench_genesis()[0], args.mode)))
         return
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from report import print_rows
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.report import print_rows
 
     print_rows(run(args.blocks, args.trials))
 
