@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "modelmine.commands.network",
     "modelmine.commands.accounts",
     "modelmine.commands.ledger",
+    "modelmine.commands.jobs",
     "modelmine.commands.train",
 )
 

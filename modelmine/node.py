@@ -21,9 +21,14 @@ from modelmine.consensus.service import CONSENSUS_TOPIC, RECORDS_TOPIC, ChainSer
 from modelmine.consensus.types import Block, Commit
 from modelmine.genesis import GENESIS_FILE, Genesis, GenesisError, make_genesis
 from modelmine.identity import load_or_create_node_key, short_id
+from modelmine.jobs.api import JobsApi
+from modelmine.jobs.outbox import Outbox
+from modelmine.jobs.progress import PROGRESS_TOPIC, ProgressReport
+from modelmine.jobs.worker import JobWorker
 from modelmine.ledger import DB_FILE, LedgerStore, StoreError
 from modelmine.ledger_api import LedgerApi, block_summary
 from modelmine.metrics import MetricsSampler
+from modelmine.p2p.blobs import BlobService, BlobStore
 from modelmine.p2p.host import Host
 from modelmine.p2p.membership import HEARTBEAT_DOMAIN, Heartbeat, MemberChange, Status
 from modelmine.p2p.overlay import HEARTBEAT_TOPIC, Deliver, Overlay, OverlayConfig
@@ -116,9 +121,30 @@ class Node:
         )
         self.control = control.ControlServer(control.new_token())
         self.ledger_api = LedgerApi(self.chain, self.state, self.store, self.chain_id)
+        self.blobs = BlobService(self.host, BlobStore(config.data_dir / "blobs"))
+        self.worker = JobWorker(
+            key=self.key,
+            chain_id=self.chain_id,
+            state=self.state,
+            outbox=Outbox(self.chain, self.state, self.node_id),
+            blobs=self.blobs,
+            host=self.host,
+            members=self.overlay.members,
+            slots=config.slots,
+            maintenance=config.maintenance,
+            on_progress=self._on_progress,
+        )
+        self.jobs_api = JobsApi(
+            self.chain,
+            self.state,
+            self.worker,
+            self.blobs,
+            self.overlay.members,
+            self.node_id,
+            self.chain_id,
+        )
         self.metrics = MetricsSampler()
         self.started = time.time()
-        self.busy_slots = 0
         self._seq = 0
         self._control_url = ""
         self._register_methods()
@@ -132,6 +158,7 @@ class Node:
             async with trio.open_nursery() as nursery:
                 address = await nursery.start(self.host.run)
                 await nursery.start(self.chain.run)
+                await nursery.start(self.worker.run)
                 self._control_url = await nursery.start(
                     functools.partial(self.control.run, data_dir=self.config.data_dir),
                     self.config.control_host,
@@ -157,7 +184,7 @@ class Node:
     def advertised_status(self) -> Status:
         if self.config.maintenance:
             return Status.MAINTENANCE
-        if self.busy_slots >= self.config.slots:
+        if self.worker.busy >= self.config.slots:
             return Status.BUSY
         return Status.ONLINE
 
@@ -171,7 +198,7 @@ class Node:
             address=self.host.address,
             version=__version__,
             status=self.advertised_status.value,
-            capacity={"slots": self.config.slots, "busy": self.busy_slots},
+            capacity={"slots": self.config.slots, "busy": self.worker.busy},
             metrics=self.metrics.sample(),
         )
 
@@ -186,9 +213,16 @@ class Node:
     def _on_deliver(self, delivery: Deliver) -> None:
         if delivery.topic in (CONSENSUS_TOPIC, RECORDS_TOPIC):
             self.chain.deliver(delivery)
+        elif delivery.topic == PROGRESS_TOPIC:
+            self.worker.deliver(delivery.statement)
 
     def _on_block(self, block: Block, commit: Commit) -> None:
         self.control.publish("blocks", block_summary(block))
+        self.jobs_api.on_block(self.control, block.height, block.header.time, block.records)
+        self.worker.wake()
+
+    def _on_progress(self, report: ProgressReport) -> None:
+        self.control.publish(f"progress:{report.job_id.hex()}", report.to_json())
 
     def _on_members(self, changes: tuple[MemberChange, ...]) -> None:
         for change in changes:
@@ -211,6 +245,7 @@ class Node:
         self.control.register("status", self._status)
         self.control.register("peers", self._peers)
         self.ledger_api.register(self.control)
+        self.jobs_api.register(self.control)
 
     async def _status(self, params: dict[str, Any]) -> dict[str, Any]:
         return self.status()
