@@ -90,7 +90,9 @@ def test_verify_refuses_another_network_or_a_missing_database(tmp_path: Path) ->
 
 @pytest.mark.parametrize("height", [1, 4, 6, BLOCKS])
 def test_any_changed_byte_of_a_stored_block_names_its_height(tmp_path: Path, height: int) -> None:
-    w, data_dir = _chain(tmp_path)
+    w, node_dir = _chain(tmp_path)
+    data_dir = tmp_path / "copy"
+    shutil.copytree(node_dir, data_dir)
     original = _column(data_dir, height, "block")
     rng = random.Random(height)
     for position in rng.sample(range(len(original)), 25):
@@ -101,6 +103,7 @@ def test_any_changed_byte_of_a_stored_block_names_its_height(tmp_path: Path, hei
         assert not report.ok
         assert report.bad_height == height, (position, report.reason)
         assert report.height == height - 1
+    assert verify_chain(node_dir, w.genesis).ok  # the original is untouched
     _set_column(data_dir, height, "block", original)
     assert verify_chain(data_dir, w.genesis).ok
 
