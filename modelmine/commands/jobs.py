@@ -189,7 +189,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.json and not args.follow:
         print_json(result)
         return 0
-    print(f"submitted job {result['job_id']} in block {result['height']} (stake {result['stake']})")
+    print(
+        f"submitted job {result['job_id']} in block {result['height']} (stake {result['stake']})",
+        file=sys.stderr if args.json else sys.stdout,
+    )
     if args.follow:
         return follow(args, result["job_id"])
     return 0

@@ -77,6 +77,7 @@ class Proc:
 class Cluster:
     root: Path
     n: int
+    node_args: dict[int, list[str]] = field(default_factory=dict)
     genesis: Genesis = field(init=False)
     bootstrap: Proc = field(init=False)
     nodes: list[Proc] = field(init=False)
@@ -118,6 +119,7 @@ class Cluster:
                     self.bootstrap_url,
                     "--genesis",
                     str(self.root / "genesis.json"),
+                    *self.node_args.get(i, []),
                 ],
                 self.data_dir(i) / "node.log",
             )
@@ -149,6 +151,9 @@ class Cluster:
         )
         self.extra.append(proc)
         return proc
+
+    def index_of(self, node_id_hex: str) -> int:
+        return 1 + [v.node_id.hex() for v in self.genesis.validators].index(node_id_hex)
 
     def data_dir(self, i: int) -> Path:
         return self.root / f"node-{i}"
