@@ -30,8 +30,11 @@ class Application(Protocol):
         """None if ``record`` is valid against the current state, else the reason."""
         ...
 
-    def select_records(self, pending: Sequence[bytes], max_records: int) -> list[bytes]:
-        """At most ``max_records`` of ``pending``, in order, that all apply one after another."""
+    def select_records(
+        self, pending: Sequence[bytes], max_records: int, *, block_time_ms: int | None = None
+    ) -> list[bytes]:
+        """At most ``max_records`` of ``pending``, in order, that all apply one after another
+        in a block of time ``block_time_ms`` (None: the earliest time the next block can have)."""
         ...
 
     def validate_block_records(self, records: Sequence[bytes], block_time_ms: int) -> str | None:
@@ -68,7 +71,9 @@ class KVApp:
     def check_record(self, record: bytes) -> str | None:
         return self._check(record, self.nonces)[0]
 
-    def select_records(self, pending: Sequence[bytes], max_records: int) -> list[bytes]:
+    def select_records(
+        self, pending: Sequence[bytes], max_records: int, *, block_time_ms: int | None = None
+    ) -> list[bytes]:
         nonces = dict(self.nonces)
         chosen: list[bytes] = []
         for record in pending:

@@ -486,12 +486,12 @@ class Tendermint:
         self._log.blocks.setdefault(block.hash, block)
 
     def _new_block(self, now: float) -> Block:
-        records = self.app.select_records(
-            list(self.pending.values()), self.params.max_block_records
-        )
         time = int(now * 1000)
         if self.prev_header is not None:
             time = max(time, self.prev_header.time + 1)
+        records = self.app.select_records(
+            list(self.pending.values()), self.params.max_block_records, block_time_ms=time
+        )
         block = Block.create(
             self._signer(),
             chain_id=self.chain_id,
