@@ -8,16 +8,20 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
+import trio_websocket
+from nacl.signing import SigningKey
 
 from modelmine.control_client import ControlUnavailable, open_control_client
 from modelmine.devnet import write_network
 from modelmine.genesis import Genesis
+from modelmine.p2p.handshake import Handshake, Session
 
 
 def free_port() -> int:
@@ -218,3 +222,28 @@ async def submit(data_dir: Path, make: Callable[[str, int], bytes], signer: byte
         height = done["height"]
         assert height is not None, f"record {sent['record_id'][:12]} not final in 60 s"
         return int(height)
+
+
+@dataclass
+class RawPeer:
+    """A peer speaking the real handshake on a raw websocket, free to misbehave after it."""
+
+    ws: trio_websocket.WebSocketConnection
+    session: Session
+    key: SigningKey
+
+    async def send_plain(self, plaintext: bytes) -> None:
+        await self.ws.send_message(self.session.sender.seal(plaintext))
+
+
+@asynccontextmanager
+async def raw_peer(c: Cluster, i: int, network_id: bytes | None = None) -> AsyncIterator[RawPeer]:
+    key = SigningKey.generate()
+    url = f"ws://127.0.0.1:{c.ports[i - 1]}"
+    async with trio_websocket.open_websocket_url(url) as ws:
+        hs = Handshake.initiator(key, network_id or c.genesis.network_id, None)
+        await ws.send_message(hs.start())
+        reply = hs.receive(await ws.get_message())
+        assert reply is not None
+        await ws.send_message(reply)
+        yield RawPeer(ws, hs.result, key)

@@ -4,9 +4,7 @@ honest peers are unaffected."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 import pytest
 import trio
@@ -14,10 +12,9 @@ import trio_websocket
 from nacl.signing import SigningKey
 
 from modelmine import wire
-from modelmine.p2p.handshake import Handshake, Session
 from modelmine.p2p.membership import HEARTBEAT_DOMAIN
 from modelmine.signing import sign
-from tests.integration.cluster import Cluster, peer_statuses, try_call, wait_for
+from tests.integration.cluster import Cluster, peer_statuses, raw_peer, try_call, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -37,31 +34,6 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop()
-
-
-@dataclass
-class RawPeer:
-    """A peer speaking the real handshake on a raw websocket, free to misbehave after it."""
-
-    ws: trio_websocket.WebSocketConnection
-    session: Session
-    key: SigningKey
-
-    async def send_plain(self, plaintext: bytes) -> None:
-        await self.ws.send_message(self.session.sender.seal(plaintext))
-
-
-@asynccontextmanager
-async def raw_peer(c: Cluster, i: int, network_id: bytes | None = None) -> AsyncIterator[RawPeer]:
-    key = SigningKey.generate()
-    url = f"ws://127.0.0.1:{c.ports[i - 1]}"
-    async with trio_websocket.open_websocket_url(url) as ws:
-        hs = Handshake.initiator(key, network_id or c.genesis.network_id, None)
-        await ws.send_message(hs.start())
-        reply = hs.receive(await ws.get_message())
-        assert reply is not None
-        await ws.send_message(reply)
-        yield RawPeer(ws, hs.result, key)
 
 
 async def _honest_peers_fine(c: Cluster) -> bool:

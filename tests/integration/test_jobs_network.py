@@ -15,9 +15,12 @@ import pytest
 import trio
 from nacl.signing import SigningKey
 
+from modelmine import wire
 from modelmine.control_client import RpcError, open_control_client
-from modelmine.ledger import make_job_cancel, make_job_submit, make_register
-from tests.integration.cluster import Cluster, submit, try_call, wait_for
+from modelmine.jobs.progress import PROGRESS_DOMAIN, PROGRESS_TOPIC
+from modelmine.ledger import make_job_cancel, make_job_complete, make_job_submit, make_register
+from modelmine.signing import sign
+from tests.integration.cluster import Cluster, raw_peer, submit, try_call, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -254,8 +257,6 @@ async def test_bad_jobs_are_refused_or_fail_with_a_reason(net: Cluster) -> None:
             with pytest.raises(RpcError, match="insufficient balance"):
                 await client.call("jobs.submit", record=raw.hex())
             # A spec with an invalid field, signed anyway (a client that skipped validation).
-            from modelmine.signing import sign
-
             bad = sign(
                 dave,
                 "job.submit",
@@ -285,6 +286,37 @@ async def test_bad_jobs_are_refused_or_fail_with_a_reason(net: Cluster) -> None:
         assert j is not None and "not available" in j["error"]
         account = await try_call(c.data_dir(1), "ledger.account", account=signer.hex())
         assert account["balance"] == 1000
+
+        # A result signed by a node that is not the worker is refused by the ledger ...
+        mallory = SigningKey.generate()
+        async with open_control_client(c.data_dir(2)) as client:
+            forged = make_job_complete(
+                mallory, chain, bytes.fromhex(job_id), {"val_accuracy": 1.0}, bytes(32), 1, 1, 1
+            )
+            with pytest.raises(RpcError, match="job"):
+                await client.call("ledger.submit", record=forged.hex())
+        # ... and progress gossiped by a peer that never worked on the job gets it banned.
+        async with raw_peer(c, 2) as peer:
+            report = {
+                "job_id": bytes.fromhex(job_id),
+                "step": 1,
+                "total_steps": 10,
+                "epoch": 0,
+                "train_loss": 0.1,
+                "val_loss": None,
+                "val_accuracy": 0.99,
+                "samples_per_second": 1.0,
+                "time": 0.0,
+            }
+            statement = sign(peer.key, PROGRESS_DOMAIN, chain, report)
+            await peer.send_plain(
+                wire.encode({"t": "gossip", "topic": PROGRESS_TOPIC, "data": statement.raw})
+            )
+
+            async def banned() -> bool:
+                return "never worked on it" in c.nodes[1].log()
+
+            await wait_for(banned, 10, "node-2 to refuse the forged progress")
 
 
 async def test_cli_submit_follow_and_fetch(net: Cluster, tmp_path: Path) -> None:
