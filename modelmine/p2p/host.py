@@ -206,6 +206,9 @@ class Host:
             error = str(exc)
         except wire.WireError as exc:
             error = f"bad request: {exc}"
+        except Exception:  # a bug in one service must not take the node down; say so once
+            log.exception("request %s from %s failed", request.kind, request.peer.hex()[:8])
+            error = "internal error"
         finally:
             self._serving[request.peer] -= 1
         self._apply([Send(request.peer, response_frame(request.id, body, error))])
