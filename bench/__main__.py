@@ -21,6 +21,7 @@ MODULES = (
     "bench.bench_link",
     "bench.bench_network",
     "bench.bench_ledger_verify",
+    "bench.bench_jobs",
 )
 
 

@@ -175,7 +175,9 @@ class ChainService:
         return self._included.get(record_id)
 
     async def wait_included(self, record_id: bytes, within: float) -> int | None:
-        """The height of the block that included the record, or None after ``within`` s."""
+        """The height of the block that included the record; None after ``within`` s, or as
+        soon as the record left the pool without being included (it became invalid, e.g. a
+        claim another node won)."""
         if record_id in self._included:
             return self._included[record_id]
         event = self._waiters.setdefault(record_id, trio.Event())
@@ -301,6 +303,9 @@ class ChainService:
         if self.on_block is not None:
             self.on_block(block, commit)
         self._apply(self.core.next_height(time.time()))
+        # next_height dropped the pending records that no longer apply: release their waiters.
+        for record_id in [r for r in self._waiters if r not in self.core.pending]:
+            self._waiters.pop(record_id).set()
 
     # ---- sync ----
 

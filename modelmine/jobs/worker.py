@@ -251,8 +251,9 @@ class JobWorker:
             elapsed = max(1e-3, time.monotonic() - started)
             rate = (run.step - step_before) / elapsed
             chunk = max(1, int(rate * CHECKPOINT_EVERY))
-            checkpoint = run.checkpoint_bytes()
-            digest = self.blobs.store.put(checkpoint)
+            digest = await trio.to_thread.run_sync(
+                lambda: self.blobs.store.put(run.checkpoint_bytes())
+            )
             step = run.step
             make = functools.partial(
                 make_job_checkpoint,
@@ -284,8 +285,7 @@ class JobWorker:
     async def _complete(
         self, job_id: bytes, run: Run, metrics: dict[str, float | int], samples: int
     ) -> str | None:
-        model = await trio.to_thread.run_sync(run.model_bytes)
-        digest = self.blobs.store.put(model)
+        digest = await trio.to_thread.run_sync(lambda: self.blobs.store.put(run.model_bytes()))
         values = {
             k: float(v)
             for k, v in metrics.items()
