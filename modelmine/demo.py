@@ -58,6 +58,17 @@ async def _run_cli(*argv: str) -> int:
     return code
 
 
+async def _wait_for_block_after(node: Path, height: int) -> None:
+    """Until the node commits a block above ``height`` (pushed by the node, no polling)."""
+    with trio.move_on_after(45):
+        async with open_control_client(node) as client, client.subscribe("blocks") as blocks:
+            if (await client.call("status"))["height"] > height:
+                return
+            async for block in blocks:
+                if block.get("height", 0) > height:
+                    return
+
+
 async def _balances(node: Path, ids: dict[str, str]) -> dict[str, int]:
     out = {}
     for label, account in ids.items():
@@ -114,9 +125,7 @@ async def _main(root: Path) -> int:
         job = await _call(node1, "jobs.get", job_id=jobs[0]["job_id"])
         block = await _call(node1, "ledger.block", height=job["block"])
         print("\n[demo] waiting for the next block, which pays the validators their 20% ...")
-        with trio.move_on_after(45):
-            while (await _call(node1, "status"))["height"] <= job["block"]:
-                await trio.sleep(1.0)
+        await _wait_for_block_after(node1, job["block"])
         after = await _balances(node1, watched)
         worker = next((n for n, i in node_ids.items() if i == job["worker"]), job["worker"][:8])
 

@@ -64,11 +64,14 @@ class _Pending:
     done: trio.Event = field(default_factory=trio.Event)
     body: dict[str, Any] | None = None
     error: str | None = None
+
+
 TICK: Final = 1.0
 DIAL_TIMEOUT: Final = 10.0
 BOOTSTRAP_EVERY: Final = 30.0
 BOOTSTRAP_EVERY_WHEN_ALONE: Final = 3.0
 PERSIST_EVERY: Final = 5.0
+
 
 @dataclass(frozen=True)
 class _Close:
