@@ -22,6 +22,7 @@ MODULES = (
     "bench.bench_network",
     "bench.bench_ledger_verify",
     "bench.bench_jobs",
+    "bench.bench_ledger_network",
 )
 
 

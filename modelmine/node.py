@@ -93,7 +93,11 @@ class Node:
         self.name = config.name or f"node-{short_id(self.node_id)}"
         self.chain_id = self.genesis.chain_id
         params = self.genesis.membership
-        self.overlay = Overlay(self.key, self.chain_id, OverlayConfig())
+        # Validators under load exchange a few hundred consensus frames per second per link;
+        # the per-link budget must leave honest traffic far below it (a flood is 100x more).
+        self.overlay = Overlay(
+            self.key, self.chain_id, OverlayConfig(frames_per_second=2000.0, frame_burst=4000.0)
+        )
         self.overlay.members.interval = params.heartbeat_interval
         self.overlay.members.suspect_after = params.suspect_after
         self.overlay.members.offline_after = params.offline_after
