@@ -18,7 +18,8 @@ from modelmine.ledger import (
 
 
 def main(db: str) -> None:
-    """Append blocks as fast as possible, forever: transfers, and a job submitted or canceled."""
+    """Append blocks as fast as possible, forever: balanced transfers (so no balance ever runs
+    out, however long it runs), and a job submitted or canceled."""
     genesis = make_genesis()
     chain = genesis.chain_id
     with LedgerStore.open(db, genesis) as store:
@@ -41,7 +42,7 @@ def main(db: str) -> None:
                 ]
             else:
                 records = [
-                    make_transfer(ALICE, chain, pub(BOB), 2, nonce[ALICE]),
+                    make_transfer(ALICE, chain, pub(BOB), 1, nonce[ALICE]),
                     make_transfer(BOB, chain, pub(ALICE), 1, nonce[BOB]),
                 ]
                 open_jobs = state.jobs(JobStatus.PENDING)
