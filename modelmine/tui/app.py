@@ -213,6 +213,8 @@ class ModelMineApp(App[None]):
 
     @on(NodeConnected)
     def _connected(self, message: NodeConnected) -> None:
+        if not self.is_running:
+            return  # shutting down: the views are going away
         self.connected = True
         self._lost = None
         self._status(message.status)
@@ -223,6 +225,8 @@ class ModelMineApp(App[None]):
 
     @on(NodeLost)
     def _node_lost(self, message: NodeLost) -> None:
+        if not self.is_running:
+            return  # shutting down: the views are going away
         self.connected = False
         self._lost = message
         if self._outage is None:
@@ -238,6 +242,8 @@ class ModelMineApp(App[None]):
 
     @on(StatusUpdated)
     def _status_updated(self, message: StatusUpdated) -> None:
+        if not self.is_running:
+            return  # shutting down: the views are going away
         self._status(message.status)
 
     def _status(self, status: dict[str, Any]) -> None:
@@ -246,11 +252,15 @@ class ModelMineApp(App[None]):
 
     @on(PeerChanged)
     def _peer_changed(self, message: PeerChanged) -> None:
+        if not self.is_running:
+            return  # shutting down: the views are going away
         self.remember_names([message.peer])
         self.query_one(NodesView).peer_changed(message.peer)
 
     @on(BlockCommitted)
     def _block(self, message: BlockCommitted) -> None:
+        if not self.is_running:
+            return  # shutting down: the views are going away
         status = self.node_status
         height = message.block.get("height", 0)
         if status is not None and height > status.get("height", 0):
@@ -261,6 +271,8 @@ class ModelMineApp(App[None]):
 
     @on(JobChanged)
     def _job_changed(self, message: JobChanged) -> None:
+        if not self.is_running:
+            return  # shutting down: the views are going away
         self.query_one(JobsView).job_changed(message.job)
         for detail in self._details():
             detail.job_changed(message.job)
@@ -275,12 +287,16 @@ class ModelMineApp(App[None]):
 
     @on(ProgressReported)
     def _progress(self, message: ProgressReported) -> None:
+        if not self.is_running:
+            return  # shutting down: the views are going away
         self.query_one(JobsView).progress(message.report)
         for detail in self._details():
             detail.progress(message.report)
 
     @on(EventsDropped)
     def _dropped(self, message: EventsDropped) -> None:
+        if not self.is_running:
+            return  # shutting down: the views are going away
         logger.info("the node dropped %d %s events; reloading", message.count, message.topic)
         self.reload_all()
 

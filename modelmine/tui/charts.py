@@ -17,6 +17,8 @@ _BRAILLE_BASE = 0x2800
 # Dot bit of braille cell column c (0, 1) and row r (0..3, top to bottom).
 _DOTS = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))
 AXIS_WIDTH = 8
+# A growing curve is redrawn a few times a second, however fast its points come.
+REDRAW_EVERY = 0.25
 
 
 @dataclass
@@ -34,6 +36,11 @@ def _label(value: float) -> str:
     if abs(value) >= 10:
         return f"{value:.1f}"
     return f"{value:.3f}"
+
+
+def _power_label(exponent: float) -> str:
+    value = 10**exponent
+    return f"{value:.2g}" if value < 0.01 else _label(round(value, 3))
 
 
 def _line_dots(x0: int, y0: int, x1: int, y1: int) -> list[tuple[int, int]]:
@@ -63,8 +70,10 @@ def plot_lines(
     y_min: float | None = None,
     y_max: float | None = None,
     x_labels: tuple[str, str] | None = None,
+    y_format: Callable[[float], str] | None = None,
 ) -> list[Text]:
     """``height`` lines of ``width`` cells: a y axis, the curves, an x axis and a legend."""
+    y_label = y_format or _label
     plot_w = max(1, width - AXIS_WIDTH - 1)
     plot_h = max(1, height - 2)
     points = [p for s in series for p in s.points if math.isfinite(p[1])]
@@ -106,9 +115,9 @@ def plot_lines(
                 previous = (dx, dy)
         for r in range(plot_h):
             if r == 0:
-                axis = _label(hi)
+                axis = y_label(hi)
             elif r == plot_h - 1:
-                axis = _label(lo)
+                axis = y_label(lo)
             else:
                 axis = ""
             line = Text(
@@ -178,6 +187,7 @@ class LineChart(Widget):
         y_max: float | None = None,
         max_points: int = 2000,
         x_format: Callable[[float], str] = _label,
+        log_y: bool = False,
         id: str | None = None,
     ) -> None:
         super().__init__(id=id)
@@ -188,6 +198,8 @@ class LineChart(Widget):
         self.max_points = max_points
         self.x_labels: tuple[str, str] | None = None
         self.x_format = x_format
+        self.log_y = log_y
+        self._redraw_due = False
 
     def _series(self, name: str) -> Series:
         return next(s for s in self.series if s.name == name)
@@ -197,9 +209,16 @@ class LineChart(Widget):
         self.refresh()
 
     def extend(self, name: str, points: Sequence[tuple[float, float]]) -> None:
+        """Add points; the chart redraws at most every ``REDRAW_EVERY`` seconds."""
         s = self._series(name)
         s.points.extend(points)
         del s.points[: -self.max_points]
+        if not self._redraw_due:
+            self._redraw_due = True
+            self.set_timer(REDRAW_EVERY, self._redraw)
+
+    def _redraw(self) -> None:
+        self._redraw_due = False
         self.refresh()
 
     def last_x(self, name: str) -> float | None:
@@ -211,13 +230,23 @@ class LineChart(Widget):
         xs = [p[0] for s in self.series for p in s.points]
         if labels is None and xs:
             labels = (self.x_format(min(xs)), self.x_format(max(xs)))
+        series = self.series
+        y_format = None
+        if self.log_y:
+            # Losses span decades: a log scale keeps the late, small changes visible.
+            series = [
+                Series(s.name, s.color, [(x, math.log10(y)) for x, y in s.points if y > 0])
+                for s in self.series
+            ]
+            y_format = _power_label
         lines = plot_lines(
-            self.series,
+            series,
             self.content_size.width,
             self.content_size.height,
             y_min=self.y_min,
             y_max=self.y_max,
             x_labels=labels,
+            y_format=y_format,
         )
         return Text("\n").join(lines)
 

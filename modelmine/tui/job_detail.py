@@ -66,16 +66,15 @@ class JobDetailScreen(Screen[None]):
                 yield Static("", id="job-step")
             with Horizontal(id="job-charts"):
                 yield LineChart(
-                    "loss",
+                    "loss (log scale)",
                     [("train", "cyan"), ("validation", "magenta")],
                     x_format=_step,
+                    log_y=True,
                     id="loss-chart",
                 )
                 yield LineChart(
                     "validation accuracy %",
                     [("accuracy", "green")],
-                    y_min=0,
-                    y_max=100,
                     x_format=_step,
                     id="acc-chart",
                 )
@@ -123,10 +122,12 @@ class JobDetailScreen(Screen[None]):
         self._show_result()
 
     def job_changed(self, summary: dict[str, Any]) -> None:
-        if summary.get("job_id") == self.job_id:
+        if summary.get("job_id") == self.job_id and self.is_mounted:
             self.reload()
 
     def progress(self, report: dict[str, Any]) -> None:
+        if not self.job or not self.is_attached:
+            return  # not loaded yet (the load brings the history up to now), or closing
         if report.get("job_id") != self.job_id or report.get("step", -1) <= self.last_step:
             return
         if self.job.get("status") not in (None, "PENDING", "RUNNING"):
@@ -178,7 +179,7 @@ class JobDetailScreen(Screen[None]):
         text.append(f"\njob {j.get('job_id', self.job_id)}", style="dim")
         submitter = j.get("submitter")
         mine = self.tui.account is not None and submitter == self.tui.account.account_id
-        text.append(f"\nsubmitter {self._who(submitter)}{'  (you)' if mine else ''}")
+        text.append(f"\nsubmitter {self._who(submitter)}{' (you)' if mine else ''}")
         text.append(f"   worker {self._who(j.get('worker'))}")
         text.append(f"   stake {credits(j.get('stake'))}")
         hidden = model.get("hidden")
@@ -235,7 +236,7 @@ class JobDetailScreen(Screen[None]):
             text.append(f" at {self.tui.clock.when(j.get('ended'), '%H:%M:%S')}")
         text.append(f"\nmodel sha256 {j.get('model_sha256') or '-'}")
         text.append(
-            f"   {j.get('samples', 0):,} samples · {j.get('checkpoints', 0)} checkpoints",
+            f"   {j.get('samples', 0):,} samples · checkpoints {j.get('checkpoints', 0)}",
             style="dim",
         )
         if j.get("error"):

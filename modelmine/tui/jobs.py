@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from modelmine.tui.app import ModelMineApp
 
 STATUSES: Final = ("PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELED")
+FLUSH_EVERY: Final = 0.2  # seconds between redraws for progress reports
 FILTERS: Final = ("ALL", *STATUSES)
 COLUMNS: Final = (
     ("job", "JOB"),
@@ -48,6 +49,7 @@ class JobsView(Vertical):
         self.jobs: dict[str, dict[str, Any]] = {}
         self.status_filter = "ALL"
         self.mine = False
+        self._dirty: set[str] = set()
 
     @property
     def tui(self) -> ModelMineApp:
@@ -98,8 +100,18 @@ class JobsView(Vertical):
         job["loss"] = report.get("val_loss") or report.get("train_loss") or job["loss"]
         if report.get("val_accuracy") is not None:
             job["accuracy"] = report["val_accuracy"]
-        if self._has_row(job["job_id"]):
-            self._update_row(job)
+        # Any cell update makes the table redraw every visible row: batch the reports of all
+        # running jobs into a few redraws a second.
+        if not self._dirty:
+            self.set_timer(FLUSH_EVERY, self._flush)
+        self._dirty.add(job["job_id"])
+
+    def _flush(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        for job_id in dirty:
+            job = self.jobs.get(job_id)
+            if job is not None and self._has_row(job_id):
+                self._update_row(job, ("progress", "worker", "loss", "accuracy"))
 
     # ---- table ----
 
@@ -127,10 +139,11 @@ class JobsView(Vertical):
             "created": self.tui.clock.when(job.get("created"), "%m-%d %H:%M:%S"),
         }
 
-    def _update_row(self, job: dict[str, Any]) -> None:
+    def _update_row(self, job: dict[str, Any], keys: tuple[str, ...] | None = None) -> None:
         table: DataTable[Any] = self.query_one("#jobs-table", DataTable)
         for key, value in self._cells(job).items():
-            table.update_cell(job["job_id"], key, value)
+            if keys is None or key in keys:
+                table.update_cell(job["job_id"], key, value)
 
     def rebuild(self) -> None:
         """Redraw the counts and the table (keeping the cursor on the same job)."""
