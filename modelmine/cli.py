@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "modelmine.commands.ledger",
     "modelmine.commands.jobs",
     "modelmine.commands.train",
+    "modelmine.commands.tui",
 )
 
 
