@@ -30,6 +30,7 @@ def log_to_file(path: Path) -> None:
     root.addHandler(handler)
     if root.level > logging.INFO:
         root.setLevel(logging.INFO)
+    logging.captureWarnings(True)  # a warning printed to stderr would tear the screen
 
 
 def cmd_tui(args: argparse.Namespace) -> int:

@@ -72,7 +72,7 @@ def plot_lines(
     x_labels: tuple[str, str] | None = None,
     y_format: Callable[[float], str] | None = None,
 ) -> list[Text]:
-    """``height`` lines of ``width`` cells: a y axis, the curves, an x axis and a legend."""
+    """``height`` lines of ``width`` cells: a y axis, the curves and an x axis with labels."""
     y_label = y_format or _label
     plot_w = max(1, width - AXIS_WIDTH - 1)
     plot_h = max(1, height - 2)
@@ -131,22 +131,17 @@ def plot_lines(
             x_labels = (_label(x_lo), _label(x_hi))
     left, right = x_labels or ("", "")
     lines.append(Text(" " * AXIS_WIDTH + "└" + "─" * plot_w))
-    legend = Text(" " * (AXIS_WIDTH + 1))
-    legend.append(left)
-    keys = Text()
-    for s in series:
-        keys.append("  ━ ", style=s.color)
-        keys.append(s.name)
-    gap = plot_w - len(left) - len(right) - keys.cell_len
-    if gap >= 2:
-        legend.append(" " * (gap // 2))
-        legend.append_text(keys)
-        legend.append(" " * (gap - gap // 2))
-    else:
-        legend.append(" " * max(1, plot_w - len(left) - len(right)))
-    legend.append(right)
-    lines.append(legend)
+    labels = Text(" " * (AXIS_WIDTH + 1))
+    labels.append(left)
+    labels.append(" " * max(1, plot_w - len(left) - len(right)))
+    labels.append(right)
+    lines.append(labels)
     return lines[:height]
+
+
+def legend(series: Sequence[Series]) -> str:
+    """The series' names in their colours, as Textual markup (for a border subtitle)."""
+    return "  ".join(f"[{s.color}]━[/] {s.name}" for s in series)
 
 
 def plot_bars(
@@ -193,6 +188,7 @@ class LineChart(Widget):
         super().__init__(id=id)
         self.border_title = title
         self.series = [Series(name, color) for name, color in series]
+        self.border_subtitle = legend(self.series)
         self.y_min = y_min
         self.y_max = y_max
         self.max_points = max_points

@@ -14,19 +14,19 @@ from textual.widgets import Button, Input, Static
 
 HELP = """\
 [b]Views[/b]
-  1  Jobs        counts, filters, live progress     f filter by status · m only mine · enter details
-  2  Submit      the job form, validated as you type  ctrl+s submit · ctrl+o load a spec file (TOML)
-  3  Nodes       every node with its metrics          updates with heartbeats; OFFLINE nodes are red ✕
-  4  Ledger      blocks, records, signatures         enter/arrows show a block · v verify the chain
-  5  Network     stats, jobs over time, credits       refreshes every few seconds
-  6  Accounts    local accounts and balances          n new · u unlock · g register the active one
+  1  Jobs       counts, filters, live progress        f filter by status · m only mine · enter details
+  2  Submit     the job form, checked as you type     ctrl+s submit · ctrl+o load a spec file (TOML)
+  3  Nodes      every node and its machine metrics    refreshed with heartbeats; OFFLINE is red ✕
+  4  Ledger     blocks, records, signatures           arrows pick a block · o older · v verify chain
+  5  Network    stats, jobs over time, credits        jobs by status sampled while the TUI runs
+  6  Accounts   local accounts and balances           n new · u unlock · g register the active one
 
 [b]Job detail[/b] (enter on a job)
-  c  cancel the job (its submitter only)     f  fetch the trained model     esc  back
+  c  cancel the job (its submitter only)    f  fetch the trained model    esc  back
 
 [b]Everywhere[/b]
-  ?  this help     r  refresh the view     tab / shift+tab  move between fields
-  esc  leave a text field (so the keys above work)     q  quit
+  ?  this help    r  refresh the view    tab / shift+tab  next / previous field    q  quit
+  esc  leave a text field, so that the one-key commands above work again
 
 The TUI talks to one local node (--data-dir). When the node stops, a notice covers the
 screen and the TUI reconnects by itself. It logs to <data-dir>/tui.log.

@@ -228,6 +228,8 @@ class JobDetailScreen(Screen[None]):
                     text.append(f" {key} {shown} ")
             if "seconds" in metrics:
                 text.append(f" trained in {metrics['seconds']:.2f} s ")
+        elif j.get("status") in ops.ENDED:
+            text.append(f" none: the job {str(j['status']).lower()} ", style="dim")
         else:
             text.append(" not yet ", style="dim")
         if j.get("block"):

@@ -22,16 +22,17 @@ if TYPE_CHECKING:
 STATUSES: Final = ("PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELED")
 FLUSH_EVERY: Final = 0.2  # seconds between redraws for progress reports
 FILTERS: Final = ("ALL", *STATUSES)
+# (key, header, width): fixed widths, because live updates never resize a column.
 COLUMNS: Final = (
-    ("job", "JOB"),
-    ("title", "TITLE"),
-    ("status", "STATUS"),
-    ("progress", "PROGRESS"),
-    ("worker", "WORKER"),
-    ("loss", "LOSS"),
-    ("accuracy", "ACC"),
-    ("stake", "STAKE"),
-    ("created", "CREATED"),
+    ("job", "JOB", 12),
+    ("title", "TITLE", 20),
+    ("status", "STATUS", 9),
+    ("progress", "PROGRESS", 19),
+    ("worker", "WORKER", 8),
+    ("loss", "LOSS", 7),
+    ("accuracy", "ACC", 6),
+    ("stake", "STAKE", 5),
+    ("created", "CREATED", 14),
 )
 
 
@@ -62,8 +63,8 @@ class JobsView(Vertical):
                 yield StatCard(status.title(), id=f"count-{status.lower()}")
         yield Label("", id="jobs-filter")
         table: DataTable[Any] = DataTable(id="jobs-table", cursor_type="row", zebra_stripes=True)
-        for key, label in COLUMNS:
-            table.add_column(label, key=key)
+        for key, label, width in COLUMNS:
+            table.add_column(label, key=key, width=width)
         yield table
 
     def on_mount(self) -> None:
@@ -129,7 +130,7 @@ class JobsView(Vertical):
         worker = job.get("worker")
         return {
             "job": short(job["job_id"], 12),
-            "title": job["title"][:28],
+            "title": job["title"][:20],
             "status": status_text(job["status"]),
             "progress": progress_bar(float(job.get("progress") or 0), job["status"]),
             "worker": names.get(worker, short(worker)) if worker else "-",

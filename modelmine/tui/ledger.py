@@ -36,7 +36,13 @@ def verify_local_chain(data_dir: Path) -> tuple[bool, str]:
         report = verify_chain(data_dir, genesis)
     except (GenesisError, StoreError, OSError) as exc:
         return False, f"cannot verify: {exc}"
-    return report.ok, str(report)
+    if not report.ok:
+        return False, str(report)
+    return True, (
+        f"chain verified: {report.height} blocks, {report.records} records, "
+        f"{report.signatures} signatures in {report.seconds:.2f} s; "
+        f"state root {report.state_root.hex()[:16]}…"
+    )
 
 
 class LedgerView(Horizontal):

@@ -49,7 +49,7 @@ class NetworkView(Vertical):
             yield StatCard("Total supply", id="stat-supply")
         with Horizontal(id="network-charts"):
             yield LineChart(
-                "jobs by status over time",
+                "jobs by status (sampled since the TUI started)",
                 [(name.lower(), color) for name, color in SERIES],
                 y_min=0,
                 id="jobs-chart",

@@ -18,17 +18,18 @@ from modelmine.tui.format import short, size, status_text
 if TYPE_CHECKING:
     from modelmine.tui.app import ModelMineApp
 
+# (key, header, width): fixed widths, because heartbeat updates never resize a column.
 COLUMNS: Final = (
-    ("name", "NODE"),
-    ("id", "ID"),
-    ("status", "STATUS"),
-    ("cpu", "CPU"),
-    ("memory", "MEMORY"),
-    ("load", "LOAD 1/5/15m"),
-    ("capacity", "BUSY/SLOTS"),
-    ("jobs", "JOBS"),
-    ("credits", "CREDITS"),
-    ("seen", "LAST SEEN"),
+    ("name", "NODE", 16),
+    ("id", "ID", 8),
+    ("status", "STATUS", 11),
+    ("cpu", "CPU", 4),
+    ("memory", "MEMORY", 15),
+    ("load", "LOAD 1/5/15m", 14),
+    ("capacity", "BUSY/SLOTS", 10),
+    ("jobs", "JOBS", 4),
+    ("credits", "CREDITS", 7),
+    ("seen", "LAST SEEN", 9),
 )
 
 
@@ -54,8 +55,8 @@ class NodesView(Vertical):
     def compose(self) -> ComposeResult:
         yield Label("", id="nodes-summary")
         table: DataTable[Any] = DataTable(id="nodes-table", cursor_type="row", zebra_stripes=True)
-        for key, label in COLUMNS:
-            table.add_column(label, key=key)
+        for key, label, width in COLUMNS:
+            table.add_column(label, key=key, width=width)
         yield table
 
     @work(exclusive=True, group="nodes-load")
@@ -98,7 +99,7 @@ class NodesView(Vertical):
         metrics = row.get("metrics") or {}
         capacity = row.get("capacity") or {}
         earned = self.earnings.get(row["node_id"], {})
-        name = str(row.get("name") or "?") + (" (this node)" if row.get("self") else "")
+        name = str(row.get("name") or "?") + (" (here)" if row.get("self") else "")
         cpu = metrics.get("cpu_percent")
         memory = metrics.get("memory_percent")
         if capacity:

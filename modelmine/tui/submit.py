@@ -291,7 +291,7 @@ class SubmitView(Vertical):
             for key in body
             if f"{section}.{key}" not in specform.PATHS.values()
         )
-        extra += [k for k in base if k not in shown]
+        extra += [k for k, v in base.items() if k not in shown and not isinstance(v, dict)]
         line = Text(f"from {path}", style="dim")
         if extra:
             line.append(f"; also keeps {', '.join(extra)}", style="dim")

@@ -449,7 +449,7 @@ def fake_app(link: FakeLink | None = None, **options: Any) -> ModelMineApp:
         link=link or FakeLink(),
         keys=FakeKeys(),
         clock=Clock(now=lambda: NOW, tz=datetime.UTC),
-        verifier=lambda: (True, "ok: 9 blocks, 10 records, 27 signatures verified in 0.01 s"),
+        verifier=lambda: (True, "chain verified: 9 blocks, 10 records, 27 signatures in 0.01 s"),
         machine_metrics=lambda: dict(PEERS[0]["metrics"], cpu_percent=7.0),
         status_every=3600.0,
         stats_every=3600.0,

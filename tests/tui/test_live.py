@@ -194,7 +194,9 @@ def test_account_submit_follow_to_completed_and_find_the_block(net: Cluster) -> 
             # And the whole chain verifies (in a worker thread, on the running node's data).
             await pilot.press("v")
             result = app.query_one("#verify-result")
-            await wait_until(pilot, lambda: "ok:" in content(result), 30, "the chain verified")
+            await wait_until(
+                pilot, lambda: "chain verified:" in content(result), 30, "the chain verified"
+            )
 
     asyncio.run(scenario())
 
