@@ -16,6 +16,8 @@ from typing import Any, Final
 
 import msgpack
 
+_Packer: Final = msgpack.Packer
+
 MAX_MESSAGE_SIZE: Final = 4 * 1024 * 1024
 MAX_DEPTH: Final = 16
 MAX_CONTAINER_LEN: Final = 100_000
@@ -27,25 +29,44 @@ class WireError(ValueError):
     """Bytes from outside that are not a valid message. The text says what is wrong."""
 
 
+# Types that encode as they are at any depth: ``_canonical`` returns them unchanged. (bool
+# too encodes as it is, but like subclasses of these it counts towards the depth limit.)
+_SCALARS: Final = frozenset({str, bytes, int, float, type(None)})
+_STR: Final = frozenset({str})
+_CONTAINERS: Final = frozenset({dict, list})
+
+
 def _canonical(value: Value, depth: int) -> Value:
-    # Exact type checks first: this runs for every value of every message, and isinstance
-    # against the Mapping ABC is several times slower than a type identity test.
+    # The value to pack: maps with sorted keys, sequences as lists, bytes-likes as bytes.
+    # Hot: it runs for every message made or checked. Exact type tests and set checks over
+    # ``map(type, ...)`` (loops in C) keep flat containers of scalars off the Python-level
+    # recursion, and a map whose keys are already in order is packed as it is, not copied.
     kind = type(value)
-    if kind is str or kind is bytes or kind is int or kind is float or value is None:
+    if kind in _SCALARS:
         return value
     if depth > MAX_DEPTH:
         raise WireError(f"value nested deeper than {MAX_DEPTH}")
-    if kind is dict or isinstance(value, Mapping):
+    if kind is dict:
+        if not _STR.issuperset(map(type, value)):
+            _bad_key(value)
+        keys = sorted(value)
+        if _SCALARS.issuperset(map(type, value.values())):
+            return value if keys == list(value) else {key: value[key] for key in keys}
+        depth += 1
         out = {}
-        for key in sorted(value):
-            if type(key) is not str:
-                raise WireError(f"map key {key!r} is not a string")
-            out[key] = _canonical(value[key], depth + 1)
+        for key in keys:
+            item = value[key]
+            out[key] = item if type(item) in _SCALARS else _canonical(item, depth)
         return out
     if kind is list or kind is tuple:
-        return [_canonical(item, depth + 1) for item in value]
-    if kind is bool:
-        return value
+        # msgpack packs a tuple as an array, just like the list it stands for.
+        if _SCALARS.issuperset(map(type, value)):
+            return value
+        depth += 1
+        return [item if type(item) in _SCALARS else _canonical(item, depth) for item in value]
+    if isinstance(value, Mapping):
+        _bad_key(value)
+        return {key: _canonical(value[key], depth + 1) for key in sorted(value)}
     if isinstance(value, bytearray | memoryview):
         return bytes(value)
     if isinstance(value, bool | int | float | str | bytes):
@@ -53,10 +74,31 @@ def _canonical(value: Value, depth: int) -> Value:
     raise WireError(f"cannot encode {type(value).__name__}")
 
 
+def _bad_key(value: Mapping[Any, Value]) -> None:
+    """Raise WireError naming a key of ``value`` that is not a str, if there is one."""
+    for key in value:
+        if type(key) is not str:
+            raise WireError(f"map key {key!r} is not a string")
+
+
 def encode(value: Value) -> bytes:
     """Canonical msgpack bytes of ``value`` (dicts with str keys, lists, scalars, bytes)."""
     try:
-        packed: bytes = msgpack.packb(_canonical(value, 0), use_bin_type=True)
+        packed: bytes = _Packer(use_bin_type=True).pack(_canonical(value, 0))
+    except OverflowError as exc:
+        raise WireError(f"integer out of the 64-bit range: {exc}") from None
+    return packed
+
+
+def encode_sorted_flat(value: dict[str, Value]) -> bytes:
+    """:func:`encode` of a map the caller built in canonical form as it stands: str keys
+    inserted in sorted order, every value None, bool, int, float, str or bytes.
+
+    Such a map needs no canonical copy, so it is packed as it is, without the checks; for
+    hot paths that write one fixed form (whose tests compare the bytes with ``encode``).
+    """
+    try:
+        packed: bytes = _Packer(use_bin_type=True).pack(value)
     except OverflowError as exc:
         raise WireError(f"integer out of the 64-bit range: {exc}") from None
     return packed
@@ -68,27 +110,29 @@ def _no_ext(code: int, data: bytes) -> Value:
 
 def _check_shape(value: Value) -> None:
     """Depth limit, and str-only map keys (msgpack's strict mode also lets bytes through)."""
+    kind = type(value)
+    if kind is not dict and kind is not list:
+        return
     stack: list[tuple[Value, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
-        kind = type(item)
-        if kind is dict:
-            if depth >= MAX_DEPTH:
-                raise WireError(f"message nested deeper than {MAX_DEPTH}")
-            for key, child in item.items():
-                if type(key) is not str:
-                    raise WireError("map key is not a string")
-                if type(child) is dict or type(child) is list:
-                    stack.append((child, depth + 1))
-        elif kind is list:
-            if depth >= MAX_DEPTH:
-                raise WireError(f"message nested deeper than {MAX_DEPTH}")
-            stack.extend((child, depth + 1) for child in item if type(child) in (dict, list))
+        if depth >= MAX_DEPTH:
+            raise WireError(f"message nested deeper than {MAX_DEPTH}")
+        if type(item) is dict:
+            if not _STR.issuperset(map(type, item)):
+                raise WireError("map key is not a string")
+            children = item.values()
+        else:
+            children = item
+        # Only containers go on the stack; a flat one is checked in one pass in C.
+        if not _CONTAINERS.isdisjoint(map(type, children)):
+            depth += 1
+            stack.extend((child, depth) for child in children if type(child) in _CONTAINERS)
 
 
 def decode(data: bytes, *, max_size: int = MAX_MESSAGE_SIZE) -> Value:
     """Decode one msgpack value, enforcing size, depth, length and type limits."""
-    if not isinstance(data, bytes | bytearray | memoryview):
+    if type(data) is not bytes and not isinstance(data, bytes | bytearray | memoryview):
         raise WireError(f"expected bytes, got {type(data).__name__}")
     if len(data) > max_size:
         raise WireError(f"message of {len(data)} bytes exceeds the limit of {max_size}")
@@ -114,6 +158,16 @@ def decode(data: bytes, *, max_size: int = MAX_MESSAGE_SIZE) -> Value:
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         # ExtraData, OutOfData (truncated), FormatError, StackError, UnicodeDecodeError ...
         raise WireError(f"malformed msgpack: {type(exc).__name__}: {exc}") from exc
+    # The common flat message (a list or map of scalars, str keys) passes in one C pass.
+    kind = type(value)
+    if kind is list:
+        if _CONTAINERS.isdisjoint(map(type, value)):
+            return value
+    elif kind is dict:
+        if _STR.issuperset(map(type, value)) and _CONTAINERS.isdisjoint(map(type, value.values())):
+            return value
+    else:
+        return value
     _check_shape(value)
     return value
 
@@ -144,7 +198,14 @@ def field(msg: Mapping[str, Value], name: str, kind: type | tuple[type, ...], wh
     return value
 
 
+# The helpers below try the common case (present, of the exact type, in range) first, and
+# leave everything else, with its error messages, to ``field``.
+
+
 def bytes_field(msg: Mapping[str, Value], name: str, size: int, what: str) -> bytes:
+    found: object = msg.get(name)
+    if type(found) is bytes and len(found) == size:
+        return found
     value: bytes = field(msg, name, bytes, what)
     if len(value) != size:
         raise WireError(f"{what}.{name}: expected {size} bytes, got {len(value)}")
@@ -152,6 +213,9 @@ def bytes_field(msg: Mapping[str, Value], name: str, size: int, what: str) -> by
 
 
 def int_field(msg: Mapping[str, Value], name: str, lo: int, hi: int, what: str) -> int:
+    found: object = msg.get(name)
+    if type(found) is int and lo <= found <= hi:
+        return found
     value: int = field(msg, name, int, what)
     if not lo <= value <= hi:
         raise WireError(f"{what}.{name}: must be {lo}..{hi}, got {value}")
@@ -159,6 +223,9 @@ def int_field(msg: Mapping[str, Value], name: str, lo: int, hi: int, what: str) 
 
 
 def str_field(msg: Mapping[str, Value], name: str, max_len: int, what: str) -> str:
+    found: object = msg.get(name)
+    if type(found) is str and len(found) <= max_len:
+        return found
     value: str = field(msg, name, str, what)
     if len(value) > max_len:
         raise WireError(f"{what}.{name}: longer than {max_len} characters")

@@ -30,9 +30,14 @@ def merkle_root(records: Sequence[bytes]) -> bytes:
     """The RFC 6962 Merkle tree hash of ``records`` in order."""
     if not records:
         return EMPTY_ROOT
-    level = [leaf_hash(record) for record in records]
+    # leaf_hash and node_hash, inlined: a block's records are hashed on every check of it.
+    sha256 = hashlib.sha256
+    level = [sha256(LEAF_PREFIX + record).digest() for record in records]
     while len(level) > 1:
-        paired = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        paired = [
+            sha256(NODE_PREFIX + level[i] + level[i + 1]).digest()
+            for i in range(0, len(level) - 1, 2)
+        ]
         if len(level) % 2:
             paired.append(level[-1])
         level = paired

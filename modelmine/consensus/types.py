@@ -86,16 +86,15 @@ def _short(value: bytes | None) -> str:
 def _signature_ok(domain: str, chain_id: str, signer: bytes, body: bytes, sig: bytes) -> bool:
     # A pure function of its arguments, so a bounded cache is safe: a vote that arrives
     # again, or reappears inside a commit, is not re-verified.
-    raw = wire.encode([domain, signer, body, sig])
     try:
-        signing.verify(signing.Signed(domain, signer, body, sig, raw), chain_id)
+        signing.check(domain, signer, body, sig, chain_id)
     except signing.SignatureError:
         return False
     return True
 
 
 def _statement_raw(domain: str, signer: bytes, body: bytes, sig: bytes) -> bytes:
-    return wire.encode([domain, signer, body, sig])
+    return signing.statement_bytes(domain, signer, body, sig)
 
 
 def _parse_statement(data: bytes, domain: str) -> tuple[signing.Signed, dict[str, Any]]:
@@ -514,14 +513,25 @@ def verify_commit(
         raise ConsensusError(
             f"commit is for block {_short(commit.block_hash)}, not {_short(block_hash)}"
         )
+    # Each signature is checked as ``vote.verify`` checks the precommit in ``commit.votes()``;
+    # they all sign the same payload, so it is encoded once.
+    body = wire.encode(
+        _vote_payload(VoteType.PRECOMMIT, commit.height, commit.round, commit.block_hash)
+    )
     power = 0
     previous = b""
-    for vote in commit.votes():
-        if vote.validator <= previous:
+    for validator, signature in commit.signatures:
+        if validator <= previous:
             raise ConsensusError("commit signatures are not sorted by distinct validator")
-        previous = vote.validator
-        vote.verify(validators, chain_id)
-        power += validators.power_of(vote.validator)
+        previous = validator
+        if validator not in validators:
+            raise ConsensusError(f"vote from {_short(validator)}, who is not a validator")
+        if not _signature_ok(VOTE_DOMAIN, chain_id, validator, body, signature):
+            raise ConsensusError(
+                f"bad signature on {VoteType.PRECOMMIT} from {_short(validator)} "
+                f"at height {commit.height} round {commit.round}"
+            )
+        power += validators.power_of(validator)
     if not validators.has_quorum(power):
         raise ConsensusError(
             f"commit for height {commit.height} carries power {power} of "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
@@ -47,6 +48,9 @@ MAX_METRIC_NAME: Final = 64
 MAX_REASON: Final = 256
 HASH_SIZE: Final = 32
 KEY_SIZE: Final = 32
+
+
+_TRANSFER_FIELDS: Final = frozenset({"to", "amount", "nonce"})
 
 
 class RecordError(ValueError):
@@ -161,30 +165,52 @@ Record = (
 
 def parse_record(raw: bytes, chain_id: str) -> Record:
     """Decode and verify ``raw`` for ``chain_id``; raises RecordError saying what is wrong."""
+    return parse_record_with_id(raw, chain_id, None)
+
+
+def parse_record_with_id(raw: bytes, chain_id: str, rid: bytes | None) -> Record:
+    """:func:`parse_record`, given :func:`record_id` of ``raw`` if the caller has it already."""
     try:
-        return _parse(raw, chain_id)
+        return _parse(raw, chain_id, rid)
     except RecordError:
         raise
     except wire.WireError as exc:  # includes signing.SignatureError
         raise RecordError(str(exc)) from None
 
 
-def _parse(raw: bytes, chain_id: str) -> Record:
+def _parse(raw: bytes, chain_id: str, rid: bytes | None) -> Record:
     if not isinstance(raw, bytes):
         raise RecordError(f"record: expected bytes, got {type(raw).__name__}")
-    statement = signing.parse(raw, max_size=MAX_RECORD_SIZE)
-    kind = statement.domain
+    kind, signer, body, signature = signing.split(raw, max_size=MAX_RECORD_SIZE)
     if kind not in KINDS:
         raise RecordError(f"unknown record kind {kind!r}")
     # One byte string per record: otherwise a relay could re-encode a signed record into
     # another one with a different id but the same meaning.
-    if wire.encode([kind, statement.signer, statement.body, statement.signature]) != raw:
+    if signing.statement_bytes(kind, signer, body, signature) != raw:
         raise RecordError(f"{kind}: record is not in canonical form")
     # The body needs no such check: it is signed, so only its signer could write it another
     # way, and both ways would carry the same nonce, of which only one can ever apply.
-    signing.verify(statement, chain_id)
-    payload = statement.payload()
-    signer, rid = statement.signer, statement.message_id
+    signing.check(kind, signer, body, signature, chain_id)
+    payload = wire.decode(body)
+    if type(payload) is not dict:
+        wire.expect_map(payload, f"{kind} payload")
+    if rid is None:
+        rid = record_id(raw)
+    if kind == TRANSFER:
+        # The most common record. Without a memo and with every field right (the checks of
+        # the general path below, written out), it is built at once; anything else takes the
+        # general path, which names what is wrong.
+        to, amount, nonce = payload.get("to"), payload.get("amount"), payload.get("nonce")
+        if (
+            payload.keys() == _TRANSFER_FIELDS
+            and type(nonce) is int
+            and 1 <= nonce <= MAX_NONCE
+            and type(to) is bytes
+            and len(to) == KEY_SIZE
+            and type(amount) is int
+            and 1 <= amount <= MAX_AMOUNT
+        ):
+            return Transfer(signer, nonce, rid, to, amount, "")
     p = _Payload(payload, kind)
     if kind == REGISTER:
         p.exact({"account", "name", "nonce"})
@@ -192,7 +218,7 @@ def _parse(raw: bytes, chain_id: str) -> Record:
             raise RecordError(f"{kind}.account: must be the signer's key")
         return Register(signer, p.nonce(), rid, p.name())
     if kind == TRANSFER:
-        p.exact({"to", "amount", "nonce"}, optional={"memo"})
+        p.exact(_TRANSFER_FIELDS, optional={"memo"})
         memo = p.text("memo", 0, MAX_MEMO) if "memo" in payload else ""
         return Transfer(
             signer, p.nonce(), rid, p.key("to"), p.integer("amount", 1, MAX_AMOUNT), memo
@@ -253,7 +279,9 @@ class _Payload:
         self.p = payload
         self.kind = kind
 
-    def exact(self, required: set[str], optional: frozenset[str] | set[str] = frozenset()) -> None:
+    def exact(self, required: AbstractSet[str], optional: AbstractSet[str] = frozenset()) -> None:
+        if self.p.keys() == required:
+            return
         missing = sorted(required - self.p.keys())
         if missing:
             raise RecordError(f"{self.kind}: missing field '{missing[0]}'")

@@ -132,6 +132,12 @@ def pay_fees(s: Scratch, due: tuple[bytes, ...], signers: Shares) -> None:
 def _next_nonce(s: Scratch, record: Record) -> Account:
     """The signer's account (maybe new), after checking the record's nonce."""
     acc = s.holder(record.signer)
+    _check_nonce(acc, record)
+    return acc.with_nonce(record.nonce)
+
+
+def _check_nonce(acc: Account, record: Record) -> None:
+    """Raise Rejected unless ``record`` carries the next nonce of its signer ``acc``."""
     expected = acc.nonce + 1
     if record.nonce < expected:
         raise Rejected(
@@ -140,7 +146,6 @@ def _next_nonce(s: Scratch, record: Record) -> Account:
         )
     if record.nonce > expected:
         raise Rejected(f"nonce {record.nonce} of {short(record.signer)} skips ahead of {expected}")
-    return acc.with_nonce(record.nonce)
 
 
 def _registered(s: Scratch, key: bytes, who: str) -> Account:
@@ -203,15 +208,27 @@ def _register(s: Scratch, r: Register) -> None:
 
 
 def _transfer(s: Scratch, r: Transfer) -> None:
-    _registered(s, r.signer, "sender")
+    sender = _registered(s, r.signer, "sender")
     if r.to == r.signer:
         raise Rejected("cannot transfer credits to yourself")
-    _registered(s, r.to, "recipient")
-    sender = _next_nonce(s, r)
+    recipient = _registered(s, r.to, "recipient")
+    _check_nonce(sender, r)
     if sender.balance < r.amount:
         raise _insufficient(sender, r.amount)
-    s.put(sender.with_balance(sender.balance - r.amount))
-    s.credit(r.to, r.amount)
+    # The most common record: the sender's new nonce and balance in one new Account.
+    s.put(
+        Account(
+            sender.id,
+            sender.balance - r.amount,
+            r.nonce,
+            sender.name,
+            sender.registered_height,
+            sender.earned,
+            sender.fees,
+        )
+    )
+    if r.amount:
+        s.put(recipient.credited(r.amount))
 
 
 def _submit(s: Scratch, r: JobSubmit) -> None:
