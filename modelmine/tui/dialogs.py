@@ -123,5 +123,5 @@ class OutageScreen(ModalScreen[None]):
     def show(self, reason: str, retry_in: float, attempt: int) -> None:
         self.query_one("#outage-reason", Static).update(Text(reason, style="bold"))
         self.query_one("#outage-retry", Static).update(
-            f"Trying again every {retry_in:.0f} s … (attempt {attempt})"
+            f"Trying again in {retry_in:g} s … (attempt {attempt})"
         )

@@ -109,8 +109,8 @@ def record_detail(kind: str, payload: Mapping[str, Any] | None, names: Mapping[s
         value = p.get(key)
         return names.get(value, short(value)) if isinstance(value, str) else "-"
 
-    if kind == "register":
-        return f"register {p.get('name', '?')}"
+    if kind == "account.register":
+        return f"name {p.get('name', '?')!r}"
     if kind == "transfer":
         return f"{p.get('amount', '?')} credits to {who('to')}"
     if kind == "job.submit":

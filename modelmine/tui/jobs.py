@@ -155,7 +155,8 @@ class JobsView(Vertical):
         for status in STATUSES:
             self.query_one(f"#count-{status.lower()}", StatCard).set_value(counts[status])
         table: DataTable[Any] = self.query_one("#jobs-table", DataTable)
-        selected = self.selected_job()
+        # On the first row, stay on the first row (the newest job); else stay on the same job.
+        selected = self.selected_job() if table.cursor_row > 0 else None
         table.clear()
         rows = sorted(
             (j for j in self.jobs.values() if self._visible(j)),

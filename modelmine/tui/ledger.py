@@ -113,6 +113,8 @@ class LedgerView(Horizontal):
     def block_committed(self, block: dict[str, Any]) -> None:
         table: DataTable[Any] = self.query_one("#blocks-table", DataTable)
         height = block["height"]
+        # Showing the newest block (or none yet): follow the head to the new one.
+        follow = self.shown_height is None or self.shown_height >= max(self.blocks, default=0)
         self.blocks[height] = block
         if str(height) in table.rows:
             return
@@ -121,7 +123,10 @@ class LedgerView(Horizontal):
             del self.blocks[old]
             table.remove_row(str(old))
         table.sort("height", key=lambda cell: int(cell.plain), reverse=True)
-        if self.shown_height is not None and str(self.shown_height) in table.rows:
+        if follow:
+            table.move_cursor(row=0, animate=False)
+            self.show_block(height)
+        elif self.shown_height is not None and str(self.shown_height) in table.rows:
             # Keep the cursor on the block whose detail is shown.
             table.move_cursor(row=table.get_row_index(str(self.shown_height)), animate=False)
         table.border_subtitle = f"{len(self.blocks)} shown · o older"
