@@ -229,7 +229,7 @@ class JobDetailScreen(Screen[None]):
             if "seconds" in metrics:
                 text.append(f" trained in {metrics['seconds']:.2f} s ")
         elif j.get("status") in ops.ENDED:
-            text.append(f" none: the job {str(j['status']).lower()} ", style="dim")
+            text.append(f" none ({str(j['status']).lower()}) ", style="dim")
         else:
             text.append(" not yet ", style="dim")
         if j.get("block"):

@@ -163,8 +163,13 @@ class LedgerView(Horizontal):
         if event.row_key.value is not None and int(event.row_key.value) != self.shown_height:
             self.show_block(int(event.row_key.value))
 
+    def show_block(self, height: int) -> None:
+        """Show block ``height`` on the right (its height counts as shown at once)."""
+        self.shown_height = height
+        self._load_block(height)
+
     @work(exclusive=True, group="ledger-block")
-    async def show_block(self, height: int) -> None:
+    async def _load_block(self, height: int) -> None:
         try:
             block = await self.tui.link.call("ledger.block", height=height)
         except RpcError as exc:
@@ -172,7 +177,6 @@ class LedgerView(Horizontal):
             return
         except ControlError:
             return
-        self.shown_height = height
         self._show(block)
 
     def _show(self, block: dict[str, Any]) -> None:
