@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from modelmine import wire
 from modelmine.ledger.entries import Account, Job, JobStatus
-from modelmine.ledger.state import _account_leaf, _leaf
+from modelmine.ledger.state import _account_leaf, _leaf, _Leaves
 
 _INTS = st.integers(min_value=0, max_value=2**63 - 1)
 
@@ -60,3 +60,21 @@ def test_job_leaf_leaves_the_spec_out() -> None:
     value = job.to_value()
     del value["spec"]
     assert _leaf(job) == wire.sha256(wire.encode(value))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(st.binary(min_size=1, max_size=2), st.binary(min_size=32, max_size=32)),
+        max_size=6,
+    )
+)
+def test_leaves_join_in_id_order_whatever_the_updates(updates: list[dict[bytes, bytes]]) -> None:
+    leaves = _Leaves()
+    expected: dict[bytes, bytes] = {}
+    for update in updates:
+        leaves.update(update)
+        expected.update(update)
+        assert leaves.joined() == b"".join(expected[k] for k in sorted(expected))
+        assert list(leaves.by_id) == sorted(expected)
+        assert len(leaves) == len(expected)
