@@ -38,6 +38,7 @@ from modelmine.signing import sign
 log = logging.getLogger(__name__)
 
 DEFAULT_SLOTS: Final = 1
+HEARTBEAT_CHECK: Final = 1.0  # seconds between asking the overlay whether a heartbeat is due
 
 
 class NodeError(Exception):
@@ -207,12 +208,16 @@ class Node:
         )
 
     async def _heartbeat_loop(self) -> None:
-        interval = self.genesis.membership.heartbeat_interval
+        # The overlay says when: at once on a change of status or capacity or when others
+        # doubt we are alive, else every heartbeat interval (longer in a large network).
         while True:
-            heartbeat = self.make_heartbeat()
-            statement = sign(self.key, HEARTBEAT_DOMAIN, self.chain_id, heartbeat.to_payload())
-            self.host.publish(HEARTBEAT_TOPIC, statement)
-            await trio.sleep(interval)
+            status = self.advertised_status.value
+            capacity = {"slots": self.config.slots, "busy": self.worker.busy}
+            if self.overlay.heartbeat_due(trio.current_time(), status, capacity):
+                heartbeat = self.make_heartbeat()
+                statement = sign(self.key, HEARTBEAT_DOMAIN, self.chain_id, heartbeat.to_payload())
+                self.host.publish(HEARTBEAT_TOPIC, statement)
+            await trio.sleep(HEARTBEAT_CHECK)
 
     def _on_deliver(self, delivery: Deliver) -> None:
         if delivery.topic in (CONSENSUS_TOPIC, RECORDS_TOPIC):

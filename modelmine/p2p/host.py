@@ -66,7 +66,10 @@ class _Pending:
     error: str | None = None
 
 
-TICK: Final = 1.0
+TICK: Final = 1.0  # at most this long between overlay ticks; sooner when it asks
+MIN_TICK: Final = 0.05
+DIRECT_DIALS: Final = 16  # links being opened at once to carry direct frames
+DIRECT_QUEUE: Final = 8  # direct frames held per peer while its link opens
 DIAL_TIMEOUT: Final = 10.0
 BOOTSTRAP_EVERY: Final = 30.0
 BOOTSTRAP_EVERY_WHEN_ALONE: Final = 3.0
@@ -135,6 +138,7 @@ class Host:
         self._serving: dict[bytes, int] = {}
         self._request_ids = 0
         self._linked: dict[bytes, trio.Event] = {}
+        self._direct: dict[bytes, list[bytes]] = {}  # peer -> frames waiting for its link
 
     # ---- lifecycle ----
 
@@ -229,6 +233,8 @@ class Host:
             if isinstance(action, Send):
                 entry = self._links.get(action.peer)
                 if entry is None:
+                    if action.direct:
+                        self._send_direct(action)
                     continue
                 try:
                     entry.queue.send_nowait(action.frame)
@@ -260,6 +266,19 @@ class Host:
                     pending.done.set()
             elif isinstance(action, MembersChanged) and self.on_members is not None:
                 self.on_members(action.changes)
+
+    def _send_direct(self, action: Send) -> None:
+        """A direct frame (membership probes, follows) to a node we have no link to: open one."""
+        waiting = self._direct.get(action.peer)
+        if waiting is not None:
+            if len(waiting) < DIRECT_QUEUE:
+                waiting.append(action.frame)
+            return
+        address = self.overlay.address_of(action.peer)
+        if address is None or len(self._direct) >= DIRECT_DIALS or self._nursery is None:
+            return
+        self._direct[action.peer] = [action.frame]
+        self._nursery.start_soon(self._dial, action.peer, address)
 
     def _disconnect(self, action: Disconnect) -> None:
         log.warning("closing link to %s: %s", action.peer.hex()[:8], action.reason)
@@ -295,6 +314,7 @@ class Host:
                 "dial %s at %s failed: %s", node_id.hex()[:8], address, exc or type(exc).__name__
             )
             self.overlay.on_dial_failed(node_id, trio.current_time())
+            self._direct.pop(node_id, None)
             return
         await self._run_link(link)
 
@@ -313,6 +333,8 @@ class Host:
         send, receive = trio.open_memory_channel[object](SEND_QUEUE)
         entry = _LinkEntry(link, send)
         self._links[peer] = entry
+        for frame in self._direct.pop(peer, []):
+            send.send_nowait(frame)
         waiting = self._linked.pop(peer, None)
         if waiting is not None:
             waiting.set()
@@ -361,7 +383,8 @@ class Host:
     async def _tick_loop(self) -> None:
         while True:
             self._apply(self.overlay.tick(trio.current_time()))
-            await trio.sleep(TICK)
+            wait = self.overlay.next_tick() - trio.current_time()
+            await trio.sleep(min(TICK, max(MIN_TICK, wait)))
 
     async def _persist_loop(self) -> None:
         while True:

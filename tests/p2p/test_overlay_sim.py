@@ -2,8 +2,8 @@
 
 from modelmine.p2p.membership import Status
 from modelmine.p2p.overlay import Verdict
-from modelmine.signing import Signed, sign
-from modelmine.sim.overlay_net import CHAIN_ID, OverlayNet
+from modelmine.signing import Signed
+from modelmine.sim.overlay_net import OverlayNet
 
 
 def _full_membership(net: OverlayNet) -> bool:
@@ -35,7 +35,7 @@ def test_broadcast_reaches_every_node_once() -> None:
     origin = net.nodes[7]
     for node in net.nodes:
         node.overlay.register_topic("news", _accept)
-    statement = sign(origin.key, "news", CHAIN_ID, {"text": "hello"})
+    statement = net.keys.sign(origin.node_id, "news", {"text": "hello"})
     net.publish(origin, "news", statement)
     net.run_until(32.0)
     for node in net.nodes:
