@@ -322,19 +322,21 @@ class ModelMineApp(App[None]):
 
     @work(exclusive=True, group="status")
     async def _tick_status(self) -> None:
-        if not self.connected:
+        if not (self.connected and self.is_running):
             return
         try:
             status = await self.link.call("status")
         except ControlError:
             return
+        if not self.is_running:
+            return  # the app closed while we waited
         self.post_message(StatusUpdated(status))
         tabs = self.query_one(TabbedContent)
         if tabs.active == "nodes":
             self.query_one(NodesView).reload()
 
     def _tick_stats(self) -> None:
-        if self.connected:
+        if self.connected and self.is_running:
             self.query_one(NetworkView).reload()
 
     @work(exclusive=True, group="balance")
@@ -346,7 +348,7 @@ class ModelMineApp(App[None]):
             info = await ops.account_info(self.link, account.account_id)
         except ControlError:
             return
-        if self.account is account:
+        if self.account is account and self.is_running:
             self.set_balance(info["balance"])
 
     # ---- actions ----

@@ -128,9 +128,10 @@ class TrioBridge:
         )
 
     async def stop(self) -> None:
-        if self._finished is None:
+        if self._finished is None or self._ready is None:
             return
         self._post = lambda message: None
+        await self._ready.wait()  # trio has started (or already ended)
         if self._token is not None and self._stopping is not None:
             with contextlib.suppress(trio.RunFinishedError):
                 self._token.run_sync_soon(self._stopping.set)
@@ -171,6 +172,8 @@ class TrioBridge:
             outcome.unwrap()
         except BaseException:
             logger.exception("the trio side of the TUI failed")
+        if self._ready is not None:
+            self._ready.set()  # so that no caller waits for a start that will not come
         if self._finished is not None and not self._finished.done():
             self._finished.set_result(None)
 

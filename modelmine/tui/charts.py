@@ -123,9 +123,15 @@ def plot_lines(
             line = Text(
                 axis.rjust(AXIS_WIDTH)[-AXIS_WIDTH:] + "┤" if axis else " " * AXIS_WIDTH + "│"
             )
-            for c in range(plot_w):
-                bits = cells[r][c]
-                line.append(chr(_BRAILLE_BASE + bits) if bits else " ", style=colors[r][c])
+            # One span per run of a colour: a Text of a few spans renders much faster than
+            # one of a span per cell.
+            row, row_colors = cells[r], colors[r]
+            start = 0
+            for c in range(1, plot_w + 1):
+                if c == plot_w or row_colors[c] != row_colors[start]:
+                    chars = "".join(chr(_BRAILLE_BASE + b) if b else " " for b in row[start:c])
+                    line.append(chars, style=row_colors[start] or None)
+                    start = c
             lines.append(line)
         if x_labels is None:
             x_labels = (_label(x_lo), _label(x_hi))
