@@ -90,11 +90,12 @@ def encode(value: Value) -> bytes:
     return packed
 
 
-def encode_sorted_flat(value: dict[str, Value]) -> bytes:
-    """:func:`encode` of a map the caller built in canonical form as it stands: str keys
-    inserted in sorted order, every value None, bool, int, float, str or bytes.
+def encode_canonical_form(value: Value) -> bytes:
+    """:func:`encode` of a value the caller built in canonical form as it stands: maps with
+    str keys inserted in sorted order, lists or tuples, and the scalars None, bool, int,
+    float, str and bytes, nested no deeper than ``encode`` allows.
 
-    Such a map needs no canonical copy, so it is packed as it is, without the checks; for
+    Such a value needs no canonical copy, so it is packed as it is, without the checks; for
     hot paths that write one fixed form (whose tests compare the bytes with ``encode``).
     """
     try:

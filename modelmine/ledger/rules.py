@@ -99,10 +99,10 @@ class Scratch:
 
 def execute(s: Scratch, record: Record) -> None:
     """Apply ``record`` to ``s`` or raise Rejected, leaving ``s`` unchanged."""
-    if isinstance(record, Register):
-        _register(s, record)
-    elif isinstance(record, Transfer):
+    if isinstance(record, Transfer):  # the most common record first
         _transfer(s, record)
+    elif isinstance(record, Register):
+        _register(s, record)
     elif isinstance(record, JobSubmit):
         _submit(s, record)
     elif isinstance(record, JobClaim):
@@ -215,20 +215,19 @@ def _transfer(s: Scratch, r: Transfer) -> None:
     _check_nonce(sender, r)
     if sender.balance < r.amount:
         raise _insufficient(sender, r.amount)
-    # The most common record: the sender's new nonce and balance in one new Account.
-    s.put(
-        Account(
-            sender.id,
-            sender.balance - r.amount,
-            r.nonce,
-            sender.name,
-            sender.registered_height,
-            sender.earned,
-            sender.fees,
-        )
+    # The most common record: the sender's new nonce and balance in one new Account, both
+    # accounts written straight into the scratch (what ``s.put`` does for an Account).
+    s.accounts[sender.id] = Account(
+        sender.id,
+        sender.balance - r.amount,
+        r.nonce,
+        sender.name,
+        sender.registered_height,
+        sender.earned,
+        sender.fees,
     )
     if r.amount:
-        s.put(recipient.credited(r.amount))
+        s.accounts[recipient.id] = recipient.credited(r.amount)
 
 
 def _submit(s: Scratch, r: JobSubmit) -> None:

@@ -74,7 +74,9 @@ class StateChanges:
 class LedgerState:
     """Accounts and jobs after the last applied block. Implements ``Application``."""
 
-    def __init__(self, genesis: Genesis) -> None:
+    def __init__(self, genesis: Genesis, *, parse_cache: int = PARSE_CACHE_SIZE) -> None:
+        """``parse_cache``: how many parsed records to remember (0: none, for a state that
+        sees every record once, as ``verify`` does)."""
         self.genesis = genesis
         self.chain_id = genesis.chain_id
         self.validators = ValidatorSet.from_genesis(genesis)
@@ -90,6 +92,7 @@ class LedgerState:
         self._unsaved_accounts: set[bytes] = set()
         self._unsaved_jobs: set[bytes] = set()
         self._parsed: OrderedDict[bytes, Record | str] = OrderedDict()
+        self._parse_cache = parse_cache
         self._root = self._compute_root()
 
     @classmethod
@@ -353,9 +356,9 @@ class LedgerState:
             result = parse_record_with_id(raw, self.chain_id, digest or None)
         except RecordError as exc:
             result = str(exc)
-        if digest:
+        if digest and self._parse_cache:
             self._parsed[digest] = result
-            if len(self._parsed) > PARSE_CACHE_SIZE:
+            if len(self._parsed) > self._parse_cache:
                 self._parsed.popitem(last=False)
         return result
 
@@ -427,22 +430,27 @@ class _Leaves:
 
 
 def _leaf(entry: Account | Job) -> bytes:
+    """SHA-256 of the canonical msgpack of ``entry.to_value()``; a job's without its spec:
+    the job id is the hash of the signed submission holding the spec, so it commits to the
+    spec already, and leaving it out keeps a job's leaf cheap to recompute."""
     if type(entry) is Account:
         return _account_leaf(entry)
+    if type(entry) is Job:
+        return _job_leaf(entry)
     value = entry.to_value()
     if isinstance(entry, Job):
-        # The job id is the hash of the signed submission holding the spec, so it commits to
-        # the spec already; leaving the spec out keeps a job's leaf cheap to recompute.
         del value["spec"]
     return wire.sha256(wire.encode(value))
 
 
+# The leaves of the entries a block changed are recomputed with every block: the two below
+# write ``to_value()`` directly in canonical form (keys in sorted order, pairs as arrays) and
+# pack it as it stands. Tests hold them to ``wire.encode(to_value())``.
+
+
 def _account_leaf(acc: Account) -> bytes:
-    """``_leaf(acc)``: SHA-256 of ``wire.encode(acc.to_value())``, with the same map written
-    directly in canonical form (keys sorted, scalar values), since every block changes dozens
-    of accounts. Tests hold it to ``to_value``."""
     return hashlib.sha256(
-        wire.encode_sorted_flat(
+        wire.encode_canonical_form(
             {
                 "balance": acc.balance,
                 "earned": acc.earned,
@@ -451,6 +459,40 @@ def _account_leaf(acc: Account) -> bytes:
                 "name": acc.name,
                 "nonce": acc.nonce,
                 "registered_height": acc.registered_height,
+            }
+        )
+    ).digest()
+
+
+def _job_leaf(job: Job) -> bytes:
+    metrics = dict(job.metrics)
+    return hashlib.sha256(
+        wire.encode_canonical_form(
+            {
+                "checkpoint_sha256": job.checkpoint_sha256,
+                "checkpoints": job.checkpoints,
+                "claims": [[c.node, c.time_ms, c.height] for c in job.claims],
+                "created_height": job.created_height,
+                "created_ms": job.created_ms,
+                "ended_height": job.ended_height,
+                "ended_ms": job.ended_ms,
+                "error": job.error,
+                "fees": job.fees,
+                "id": job.id,
+                "last_activity_ms": job.last_activity_ms,
+                "locked": job.locked,
+                "metrics": {name: metrics[name] for name in sorted(metrics)},
+                "model_sha256": job.model_sha256,
+                "paid": job.paid,
+                "planned_samples": job.planned_samples,
+                "samples": job.samples,
+                "stake": job.stake,
+                "status": str(job.status),
+                "steps": job.steps,
+                "submitted_ms": job.submitted_ms,
+                "submitter": job.submitter,
+                "work": job.work,
+                "worker": job.worker,
             }
         )
     ).digest()
