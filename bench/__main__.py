@@ -23,6 +23,7 @@ MODULES = (
     "bench.bench_ledger_verify",
     "bench.bench_jobs",
     "bench.bench_ledger_network",
+    "bench.bench_tui",
 )
 
 
