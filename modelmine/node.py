@@ -153,6 +153,7 @@ class Node:
         self._seq = 0
         self._control_url = ""
         self._register_methods()
+        self._replay_job_events()
 
     # ---- lifecycle ----
 
@@ -246,6 +247,18 @@ class Node:
             member = self.overlay.members.get(change.node_id)
             if member is not None:
                 self.control.publish("peers", self._peer_json(member))
+
+    def _replay_job_events(self, blocks: int = 1000) -> None:
+        """Job events (claims, checkpoints, failovers, results) of the recent chain, so a
+        restarted node shows a job's history, not only what happened since it started."""
+        head, _ = self.store.head()
+        first = max(1, head - blocks + 1)
+        while first <= head:
+            last = min(head, first + 499)
+            for stored in self.store.blocks(first, last):
+                block = stored.block()
+                self.jobs_api.on_block(self.control, block.height, block.header.time, block.records)
+            first = last + 1
 
     # ---- control API ----
 

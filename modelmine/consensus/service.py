@@ -369,7 +369,14 @@ class ChainService:
                 for raw_block, raw_commit in zip(blocks, commits, strict=True):
                     block = Block.from_wire(raw_block)
                     commit = Commit.from_wire(raw_commit)
-                    if block.height != self.store.head()[0] + 1:
+                    head = self.store.head()[0]
+                    if block.height <= head:
+                        # Consensus committed it while we waited for this batch: the same
+                        # block, or the peer's chain forks from ours.
+                        if self.store.header(block.height) != block.header:
+                            raise wire.WireError(f"block {block.height} differs from ours")
+                        continue
+                    if block.height != head + 1:
                         raise wire.WireError(f"block {block.height} out of order")
                     pending = self.core.decision
                     if pending is not None and pending.block.height == block.height:

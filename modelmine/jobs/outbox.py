@@ -39,5 +39,10 @@ class Outbox:
                 return None
             height = await self.chain.wait_included(record_id(raw), FINAL_WITHIN)
             if height is None:
-                log.warning("%s was not final within %.0f s", what, FINAL_WITHIN)
+                log.info(
+                    "%s was not included: it stopped being valid (e.g. another node's claim "
+                    "won) or was not final within %.0f s",
+                    what,
+                    FINAL_WITHIN,
+                )
             return height

@@ -61,6 +61,7 @@ CLAIM_RETRY: Final = 10.0
 HISTORY: Final = 600  # progress points kept per job, for plots
 MAX_DATASET: Final = 256 * 1024 * 1024
 MAX_CHECKPOINT: Final = 256 * 1024 * 1024
+CLAIM_SKEW_MS: Final = 10_000  # block times vs a worker's clock (consensus MAX_FUTURE_MS)
 
 
 @dataclass
@@ -100,6 +101,7 @@ class JobWorker:
         self.history: dict[bytes, deque[dict[str, Any]]] = {}
         self.latest: dict[bytes, ProgressReport] = {}
         self._claimed_at: dict[bytes, float] = {}
+        self._claiming: set[bytes] = set()  # claims sent, not final (or lost) yet
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._last_sent: dict[bytes, float] = {}
@@ -165,7 +167,14 @@ class JobWorker:
                 training = _Training(job.id)
                 self.running[job.id] = training
                 self._nursery.start_soon(self._train, job.id, training)
-        if self.maintenance or self.busy >= self.slots:
+        # A slot is taken by training, by a job the ledger gave us that has not started, and
+        # by a claim in flight: claim no more than we can train.
+        waiting = sum(
+            1
+            for j in self.state.jobs(JobStatus.RUNNING)
+            if j.worker == self.node_id and j.id not in self.running
+        )
+        if self.maintenance or self.busy + waiting + len(self._claiming) >= self.slots:
             return
         # Claim what is ours by rank: new jobs, and jobs whose worker went away.
         candidates = list(self.state.jobs(JobStatus.PENDING))
@@ -179,14 +188,18 @@ class JobWorker:
             pool = [n for n in eligible if n != job.worker]
             if pool and rank(job.id, pool)[0] == self.node_id:
                 self._claimed_at[job.id] = now
+                self._claiming.add(job.id)
                 self._nursery.start_soon(self._claim, job.id)
                 break  # one claim at a time; the next block brings the next decision
 
     async def _claim(self, job_id: bytes) -> None:
-        height = await self.outbox.send(
-            lambda nonce: make_job_claim(self.key, self.chain_id, job_id, nonce),
-            f"claim of job {job_id.hex()[:12]}",
-        )
+        try:
+            height = await self.outbox.send(
+                lambda nonce: make_job_claim(self.key, self.chain_id, job_id, nonce),
+                f"claim of job {job_id.hex()[:12]}",
+            )
+        finally:
+            self._claiming.discard(job_id)
         if height is not None:
             log.info("claimed job %s in block %d", job_id.hex()[:12], height)
             self.wake()
@@ -226,6 +239,10 @@ class JobWorker:
         except (SpecError, DataError, CheckpointError, BlobError, TrainingFailed) as exc:
             return str(exc)
         log.info("training job %s from step %d of %d", job_id.hex()[:12], run.step, run.total_steps)
+        # The ledger counts samples processed by all workers so far. A run resumed from the
+        # latest checkpoint already counts them; one started over (no checkpoint could be
+        # fetched) adds its own on top, so the recorded total never goes backwards.
+        samples_offset = max(0, job.samples - run.samples_seen)
         chunk = 20
         while True:
             started = time.monotonic()
@@ -245,7 +262,7 @@ class JobWorker:
             if training.stop or result.status is RunStatus.CANCELED:
                 log.info("stopped training job %s at step %d", job_id.hex()[:12], run.step)
                 return None
-            samples = int(result.metrics.get("samples_seen", 0))
+            samples = samples_offset + int(result.metrics.get("samples_seen", 0))
             if result.status is RunStatus.COMPLETED:
                 return await self._complete(job_id, run, result.metrics, samples)
             elapsed = max(1e-3, time.monotonic() - started)
@@ -378,6 +395,11 @@ class JobWorker:
         if job is None:
             return Verdict.IGNORE  # not final here yet
         if all(c.node != report.worker for c in job.claims):
+            # A claim's block comes before the claimer's first progress. Until our ledger has
+            # reached the statement's time (minus clock skew), the claim may be in a block we
+            # have not seen yet (we restarted, we lag): not evidence of forgery.
+            if self.state.time_ms < report.time * 1000 + CLAIM_SKEW_MS:
+                return Verdict.IGNORE
             raise wire.WireError(
                 f"progress for job {report.job_id.hex()[:12]} from {report.worker.hex()[:8]}, "
                 "which never worked on it"

@@ -27,6 +27,7 @@ it stays locked in the job.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -290,7 +291,8 @@ class LedgerState:
             failed_jobs=counts[JobStatus.FAILED],
             canceled_jobs=counts[JobStatus.CANCELED],
             credits_staked=staked,
-            average_accuracy=sum(accuracies) / len(accuracies) if accuracies else 0.0,
+            # fsum: the same value on every node, whatever order the jobs were loaded in.
+            average_accuracy=math.fsum(accuracies) / len(accuracies) if accuracies else 0.0,
             total_supply=self.total_supply(),
         )
 

@@ -160,14 +160,24 @@ class BlobService:
         why = "; ".join(reasons) or "no provider known"
         raise BlobError(f"blob {digest[:12]} is not available from any peer ({why})")
 
+    async def _request_chunk(self, peer: bytes, digest: str, offset: int) -> dict[str, Any]:
+        """One chunk, asked up to 3 times: a request in flight is lost when its link is
+        replaced (both sides dialed at once) or drops, and the next try goes over the new one."""
+        body = {"id": digest, "offset": offset, "length": CHUNK}
+        for attempt in range(3):
+            try:
+                return await self.host.request(peer, "blob.get", body, within=10.0)
+            except RequestFailed as exc:
+                if attempt == 2 or "answered" in str(exc):
+                    raise  # a real answer (an error) is final; silence is retried
+        raise AssertionError("unreachable")
+
     async def _fetch_from(self, peer: bytes, digest: str, max_size: int) -> list[bytes]:
         chunks: list[bytes] = []
         offset, total = 0, None
         h = hashlib.sha256()
         while total is None or offset < total:
-            reply = await self.host.request(
-                peer, "blob.get", {"id": digest, "offset": offset, "length": CHUNK}
-            )
+            reply = await self._request_chunk(peer, digest, offset)
             data: bytes = wire.field(reply, "data", bytes, "blob chunk")
             size = wire.int_field(reply, "total", 0, MAX_BLOB, "blob chunk")
             if total is None:

@@ -127,6 +127,11 @@ class Run:
         self._evaluation: tuple[int, dict[str, float]] | None = None
 
     @property
+    def samples_seen(self) -> int:
+        """Training samples processed so far, across resumes."""
+        return self._samples_seen
+
+    @property
     def step(self) -> int:
         """Steps done so far (0..total_steps): the position a checkpoint records."""
         return self._step
