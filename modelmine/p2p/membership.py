@@ -205,10 +205,10 @@ class SwimConfig:
     suspicion_mult: int = 4
     suspicion_max_mult: int = 6
     retransmit_mult: int = 3
-    piggyback_items: int = 8
+    piggyback_items: int = 12
     piggyback_bytes: int = 16 * 1024
     awareness_max: int = 8
-    metrics_budget: int = 8  # heartbeats per interval the whole network sends, beyond that size
+    metrics_budget: int = 4  # heartbeats per interval the whole network sends, beyond that size
     push_pull_interval: float = 30.0
     reconnect_interval: float = 10.0
     reconnect_for: float = 3600.0  # how long a dead member is still tried
@@ -379,6 +379,7 @@ class Membership:
         self._advertised: tuple[str, dict[str, int]] | None = None
         self._limit = (0, 0)  # (size, retransmit limit at that size)
         self.wake_hint = math.inf  # the earliest timer set outside tick (see take_wake_hint)
+        self.piggybacked = 0  # statements sent on probe messages, in all
 
     # ---- the table ----
 
@@ -663,16 +664,17 @@ class Membership:
             member = self._members.get(node_id)
             if member is None or member.state != ALIVE:
                 continue
-            age = now - member.last_seen
-            if age >= offline_age:
+            # Compare the due times themselves (not ages): what is pushed back is always
+            # strictly later than now, so rounding can never loop here.
+            suspect_at, offline_at = member.last_seen + suspect_age, member.last_seen + offline_age
+            if now >= offline_at:
                 self._record(self._set(member, Status.OFFLINE))
-                continue
-            if age >= suspect_age:
+            elif now >= suspect_at:
                 self._record(self._set(member, Status.SUSPECT))
-                heapq.heappush(heap, (member.last_seen + offline_age, node_id))
+                heapq.heappush(heap, (offline_at, node_id))
             else:
                 self._record(self._set(member, _STATUS[member.heartbeat.status]))
-                heapq.heappush(heap, (member.last_seen + suspect_age, node_id))
+                heapq.heappush(heap, (suspect_at, node_id))
 
     def _forget_old(self, now: float) -> None:
         horizon = now - self.config.forget_dead_after
@@ -830,8 +832,11 @@ class Membership:
         if target not in self._members or len(self._relays) >= self.config.max_relays:
             return  # unknown target, or too busy: the requester counts a missing nack
         self._nonce = self._nonce % MAX_NONCE + 1
-        self._relays[self._nonce] = _Relay(peer, nonce, target, now + self.config.probe_timeout)
-        self._hint(now + self.config.probe_timeout)
+        # Our nack must reach the requester before its period ends (it asked after its own
+        # probe timeout), or it would count us as silent and slow itself down for nothing.
+        deadline = now + 0.8 * self.config.probe_timeout
+        self._relays[self._nonce] = _Relay(peer, nonce, target, deadline)
+        self._hint(deadline)
         self._send(target, {"t": "ping", "n": self._nonce})
 
     def _expire_relays(self, now: float) -> None:
@@ -866,6 +871,7 @@ class Membership:
                 items.insert(0, first)
             if items:
                 frame["pb"] = items
+                self.piggybacked += len(items)
         # Every field is an int, bytes or a list of them, so packing the map with its keys in
         # sorted order is the canonical encoding (as signing_input does for its list).
         packed: bytes = msgpack.packb(dict(sorted(frame.items())), use_bin_type=True)

@@ -292,6 +292,7 @@ class OverlayStatistics:
     eager_links: int = 0
     payloads: int = 0  # broadcast payload copies received (first + duplicates)
     frames: int = 0  # frames handled, of every kind
+    strays: int = 0  # followed-topic statements received after we stopped following
 
 
 @dataclass
@@ -347,6 +348,7 @@ class Overlay:
         self._member_changes: list[MemberChange] = []
         self.frame_kinds: dict[str, int] = {}  # frames handled, by type
         self._wake_hint = math.inf
+        self._strays = 0  # followed-topic statements that came after we stopped following
 
     # ---- configuration by the driver ----
 
@@ -772,9 +774,14 @@ class Overlay:
                 if not link.eager and peer not in has:
                     batches.setdefault(peer, []).append(message_id)
         out: list[Action] = []
+        frames: dict[tuple[bytes, ...], bytes] = {}  # most links get the very same list
         for peer, ids in batches.items():
             for i in range(0, len(ids), MAX_IDS):
-                out.append(Send(peer, wire.encode({"ids": ids[i : i + MAX_IDS], "t": "ihave"})))
+                chunk = tuple(ids[i : i + MAX_IDS])
+                frame = frames.get(chunk)
+                if frame is None:
+                    frame = frames[chunk] = wire.encode({"ids": list(chunk), "t": "ihave"})
+                out.append(Send(peer, frame))
         return out
 
     def _on_ihave(self, peer: bytes, link: _Link, msg: dict[str, Any], now: float) -> list[Action]:
@@ -927,6 +934,10 @@ class Overlay:
         validator = self._validator_for(topic)
         if validator is None or topic == HEARTBEAT_TOPIC:
             raise wire.WireError(f"msg: unknown topic {topic!r}")
+        if self._is_followed(topic) and topic not in self._follows:
+            # We stopped following (our unsub was lost, or the lease still runs): say so again.
+            self._strays += 1
+            return [Send(peer, wire.encode({"t": "unsub", "topic": topic}), direct=True)]
         message_id = wire.sha256(data)
         if message_id in self._seen:
             self._duplicates += 1
@@ -1210,6 +1221,7 @@ class Overlay:
             eager_links=sum(1 for link in self._links.values() if link.eager),
             payloads=self._payloads,
             frames=self._frames,
+            strays=self._strays,
         )
 
     def known_peers(self) -> Iterable[tuple[bytes, str, str]]:

@@ -192,10 +192,13 @@ class OverlayNet:
         beats = [(Heartbeat.from_statement(s), s.raw) for s in first]
         peers = [(n.node_id, n.address, n.name) for n in self.nodes]
         for node in self.nodes:
-            node.overlay.members.adopt(beats, self.now)
+            members = node.overlay.members
+            members.adopt(beats, self.now)
             node.overlay.remember(peers)
             capacity = {"slots": node.slots, "busy": node.busy}
-            node.overlay.members.mark_heartbeat(self.now, node.status, capacity)
+            # As if each node had joined at its own time: heartbeats come spread out.
+            when = self.now - self.rng.uniform(0, members.heartbeat_every())
+            members.mark_heartbeat(when, node.status, capacity)
 
     def node(self, node_id: bytes) -> SimNode:
         return self.nodes[self._index[node_id]]

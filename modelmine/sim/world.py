@@ -102,7 +102,6 @@ WORLD_PARAMS: Final = ConsensusParams(
     idle_block_interval=10.0,
     max_block_records=100,
 )
-JOBS_TOPIC: Final = "jobs"
 RECORDS_TOPIC: Final = "records"
 CONSENSUS_TOPIC: Final = "consensus"
 HEAD_TOPIC: Final = "head"
@@ -147,6 +146,7 @@ class JobView:
     worker: bytes
     last_ms: int
     submitter: bytes
+    samples: int  # as the last checkpoint recorded: a new worker resumes from there
 
 
 @dataclass
@@ -168,6 +168,7 @@ class _Training:
     samples: int = 0
     step: int = 0
     finishing: bool = False
+    resumed: int = 0  # samples already done when this worker took over
 
 
 @dataclass
@@ -310,7 +311,6 @@ class World(OverlayNet):
 
     def _register_topics(self, node: SimNode) -> None:
         overlay = node.overlay
-        overlay.register_topic(JOBS_TOPIC, self._check_wrapped)
         overlay.register_topic(RECORDS_TOPIC, self._check_wrapped)
         overlay.register_topic(CONSENSUS_TOPIC, self._check_consensus)
         overlay.register_topic(HEAD_TOPIC, self._check_head)
@@ -396,13 +396,11 @@ class World(OverlayNet):
             self._on_head(node, delivery.statement)
         elif topic == CONSENSUS_TOPIC:
             self._on_consensus(node, delivery.statement)
-        elif topic in (RECORDS_TOPIC, JOBS_TOPIC):
+        elif topic == RECORDS_TOPIC:
             replica = self.replicas.get(node.index)
             if replica is not None:
                 record = delivery.statement.payload()["record"]
                 self._core_apply(node, replica.core.add_pending([record], EPOCH + self.now))
-            if topic == JOBS_TOPIC:
-                pass  # every node sees the announcement; it may claim once the chain has it
         elif topic.startswith(PROGRESS_FAMILY + "/") and delivery.from_peer is not None:
             agent = self.agents[node.index]
             if topic not in node.overlay.follows:
@@ -527,7 +525,7 @@ class World(OverlayNet):
     def _decided(self, node: SimNode, decision: Decide) -> None:
         replica = self.replicas[node.index]
         block, commit = decision.block, decision.commit
-        self._check_decision(node.index, block, commit)
+        self.check_decision(node.index, block, commit)
         before = {job.id: job.status for job in replica.state.jobs()}
         try:
             replica.state.apply_block(block, commit)
@@ -543,7 +541,8 @@ class World(OverlayNet):
         self._maybe_announce(node, block)
         self._core_apply(node, replica.core.next_height(EPOCH + self.now))
 
-    def _check_decision(self, index: int, block: Block, commit: Commit) -> None:
+    def check_decision(self, index: int, block: Block, commit: Commit) -> None:
+        """Record an honest validator's decision; raise InvariantViolation on a fork."""
         try:
             verify_commit(commit, self.validator_set, WORLD_CHAIN, block.hash)
         except ConsensusError as exc:
@@ -603,6 +602,7 @@ class World(OverlayNet):
                         job.worker or b"",
                         job.last_activity_ms,
                         job.submitter,
+                        job.samples,
                     ]
                 )
         self.deltas[height] = (jobs, nonces)
@@ -667,8 +667,8 @@ class World(OverlayNet):
             return
         agent.head_height, agent.head_hash = last, body["hash"]
         agent.head_ms = body["time"]
-        for job_id, status, worker, last_ms, submitter in body["jobs"]:
-            view = agent.jobs[job_id] = JobView(status, worker, last_ms, submitter)
+        for job_id, status, worker, last_ms, submitter, samples in body["jobs"]:
+            view = agent.jobs[job_id] = JobView(status, worker, last_ms, submitter, samples)
             if status in ("PENDING", "RUNNING"):
                 agent.open_jobs[job_id] = view
             else:
@@ -715,12 +715,8 @@ class World(OverlayNet):
         self.stats.records_sent += 1
         wrapper = self.keys.sign(node.node_id, RECORDS_TOPIC, {"record": raw})
         if what == "submit":
-            self.publish(
-                node, JOBS_TOPIC, self.keys.sign(node.node_id, JOBS_TOPIC, {"record": raw})
-            )
             self.job_meta[record_id(raw)] = node.index
             self.agents[node.index].submitted.append(record_id(raw))
-            return
         actions = []
         for validator in self.validator_nodes:
             if validator is node:
@@ -820,6 +816,7 @@ class World(OverlayNet):
             low, high = self.job_seconds
             outcome = "fail" if self.world_rng.random() < self.fail_rate else "complete"
             training = _Training(job_id, self.now, self.world_rng.uniform(low, high), outcome)
+            training.resumed = job.samples  # from the last checkpoint, as worker.py resumes
             agent.training[job_id] = training
             node.busy += 1
             node.status = "BUSY" if node.busy >= node.slots else "ONLINE"
@@ -891,7 +888,8 @@ class World(OverlayNet):
         elapsed = self.now - training.started
         fraction = min(1.0, elapsed / training.duration)
         training.step = int(100 * fraction)
-        training.samples = max(training.samples, int(PLANNED_SAMPLES * fraction))
+        done = training.resumed + (PLANNED_SAMPLES - training.resumed) * fraction
+        training.samples = max(training.samples, int(done))
         payload = {
             "job_id": job_id,
             "step": training.step,
@@ -927,7 +925,7 @@ class World(OverlayNet):
         if training is None:
             return
         training.finishing = True
-        samples = max(training.samples, PLANNED_SAMPLES)
+        samples = PLANNED_SAMPLES
         make: Callable[[int], bytes]
         if training.outcome == "fail":
             make = functools.partial(make_job_fail, node.key, WORLD_CHAIN, job_id, "diverged")
