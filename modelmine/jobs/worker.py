@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 SCHEDULE_EVERY: Final = 2.0
 CHECKPOINT_EVERY: Final = 5.0  # seconds of training between checkpoints
+CHECKPOINT_FETCH: Final = 10.0  # at most this long to fetch a checkpoint to resume from
 PROGRESS_EVERY: Final = 0.5  # at most this often on the network, per job
 CLAIM_RETRY: Final = 10.0
 HISTORY: Final = 600  # progress points kept per job, for plots
@@ -289,7 +290,17 @@ class JobWorker:
         digest = job.checkpoint_sha256.hex()
         previous = [c.node for c in job.claims if c.node != self.node_id]
         try:
-            path = await self._fetch(digest, MAX_CHECKPOINT, *previous)
+            # Bounded: the claim's block started the 30 s the ledger allows before another
+            # node may take the job; the first checkpoint must land well within it.
+            with trio.fail_after(CHECKPOINT_FETCH):
+                path = await self._fetch(digest, MAX_CHECKPOINT, *previous)
+        except trio.TooSlowError:
+            log.warning(
+                "job %s: checkpoint %s not fetched in time; starting over",
+                job.id.hex()[:12],
+                digest[:12],
+            )
+            return await trio.to_thread.run_sync(lambda: Run(spec, dataset))
         except BlobError as exc:
             log.warning(
                 "job %s: no checkpoint to resume (%s); starting over", job.id.hex()[:12], exc

@@ -168,8 +168,10 @@ class BlobService:
             try:
                 return await self.host.request(peer, "blob.get", body, within=10.0)
             except RequestFailed as exc:
-                if attempt == 2 or "answered" in str(exc):
-                    raise  # a real answer (an error) is final; silence is retried
+                if attempt == 2 or not self.host.is_linked(peer):
+                    raise  # unreachable, or it answered with an error: final
+                if "answered" in str(exc):
+                    raise
         raise AssertionError("unreachable")
 
     async def _fetch_from(self, peer: bytes, digest: str, max_size: int) -> list[bytes]:
