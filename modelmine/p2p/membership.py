@@ -204,7 +204,7 @@ class SwimConfig:
     indirect_checks: int = 3
     suspicion_mult: int = 4
     suspicion_max_mult: int = 6
-    retransmit_mult: int = 3
+    retransmit_mult: int = 2  # memberlist uses 4 on a LAN; push-pull covers what is missed
     piggyback_items: int = 12
     piggyback_bytes: int = 16 * 1024
     awareness_max: int = 8
@@ -266,52 +266,40 @@ class _Relay:
 
 
 class _Broadcasts:
-    """Statements waiting to be piggybacked, one per member, bucketed by times sent."""
+    """Statements waiting to be piggybacked, one per member: the least sent go first, and
+    of those the newest (memberlist's transmit-limited queue)."""
 
     def __init__(self) -> None:
-        self._buckets: list[dict[bytes, bytes]] = [{}]
-        self._where: dict[bytes, int] = {}
+        self._items: dict[bytes, list[Any]] = {}  # member -> [times sent, -order, raw]
+        self._order = 0
 
     def __len__(self) -> int:
-        return len(self._where)
+        return len(self._items)
 
     def put(self, key: bytes, raw: bytes) -> None:
-        old = self._where.get(key)
-        if old is not None:
-            del self._buckets[old][key]
-        self._buckets[0][key] = raw
-        self._where[key] = 0
+        self._order += 1
+        self._items.pop(key, None)  # a newer statement about a member replaces the older
+        self._items[key] = [0, -self._order, raw]
 
     def take(self, items: int, budget: int, limit: int, skip: bytes = b"") -> list[bytes]:
-        if not self._where:
+        queue = self._items
+        if not queue:
             return []
+        entries = list(queue.items())
+        if len(entries) > items:
+            entries = heapq.nsmallest(items, entries, key=lambda kv: (kv[1][0], kv[1][1]))
         out: list[bytes] = []
-        picked: list[tuple[bytes, int]] = []
-        for count, bucket in enumerate(self._buckets):
-            if not bucket:
+        for key, entry in entries:
+            raw = entry[2]
+            if raw == skip:
                 continue
-            for key in reversed(bucket):
-                raw = bucket[key]
-                if raw == skip:
-                    continue
-                budget -= len(raw)
-                if budget < 0:
-                    break
-                out.append(raw)
-                picked.append((key, count))
-                if len(out) >= items:
-                    break
-            if len(out) >= items or budget < 0:
+            budget -= len(raw)
+            if budget < 0:
                 break
-        for key, count in picked:
-            raw = self._buckets[count].pop(key)
-            if count + 1 >= limit:
-                del self._where[key]
-                continue
-            if len(self._buckets) <= count + 1:
-                self._buckets.append({})
-            self._buckets[count + 1][key] = raw
-            self._where[key] = count + 1
+            out.append(raw)
+            entry[0] += 1
+            if entry[0] >= limit:
+                del queue[key]
         return out
 
 
@@ -378,6 +366,7 @@ class Membership:
         self._last_heartbeat: float | None = None
         self._advertised: tuple[str, dict[str, int]] | None = None
         self._limit = (0, 0)  # (size, retransmit limit at that size)
+        self._every = ((0, 0.0), 0.0)  # ((size, interval), heartbeat interval)
         self.wake_hint = math.inf  # the earliest timer set outside tick (see take_wake_hint)
         self.piggybacked = 0  # statements sent on probe messages, in all
 
@@ -406,7 +395,11 @@ class Membership:
 
     def heartbeat_every(self) -> float:
         """Seconds between this node's heartbeats at the current network size."""
-        return self.interval * max(1.0, self.size / self.config.metrics_budget)
+        key = (self.size, self.interval)
+        if self._every[0] != key:
+            every = self.interval * max(1.0, key[0] / self.config.metrics_budget)
+            self._every = (key, every)
+        return self._every[1]
 
     def heartbeat_due(
         self, now: float, status: str = "", capacity: dict[str, int] | None = None
@@ -584,9 +577,11 @@ class Membership:
 
     def tick(self, now: float) -> list[MemberChange]:
         """Run every timer that is due: suspicions, probes, push-pull, the age backstop."""
-        self._expire_suspicions(now)
+        if self._suspicions and self._suspicions[0][0] <= now:
+            self._expire_suspicions(now)
         self._run_probe(now)
-        self._expire_relays(now)
+        if self._relays:
+            self._expire_relays(now)
         self._expire_ages(now)
         if self._next_push_pull is None:
             self._next_push_pull = now + self.rng.uniform(0.5, 1.0) * self._push_pull_every()
@@ -657,6 +652,8 @@ class Membership:
 
     def _expire_ages(self, now: float) -> None:
         heap = self._ages
+        if not heap or heap[0][0] > now:
+            return
         every = self.heartbeat_every()
         suspect_age, offline_age = self.suspect_after * every, self.offline_after * every
         while heap and heap[0][0] <= now:

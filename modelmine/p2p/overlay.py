@@ -304,6 +304,9 @@ class Overlay:
     rng: random.Random = field(default_factory=random.Random)
     verifier: Verifier | None = None
     signer: Signer | None = None
+    # Heartbeat validation, replaceable by a driver that runs many nodes in one process and
+    # may share the (pure) result among them; it must raise WireError as from_statement does.
+    read_heartbeat: Callable[[Signed], Heartbeat] = Heartbeat.from_statement
 
     def __post_init__(self) -> None:
         self.node_id = bytes(self.identity.verify_key)
@@ -1005,11 +1008,12 @@ class Overlay:
         for raw in items:
             if type(raw) is not bytes:
                 raise wire.WireError("membership statement is not bytes")
-            if raw in seen:
+            # Keyed by the signature (the last 64 bytes): as unique as the statement, cheaper
+            # to hash; remembered only once the statement checked out, so a forged copy of a
+            # signature cannot make us skip the real statement.
+            key = raw[-64:]
+            if key in seen:
                 continue
-            seen[raw] = None
-            if len(seen) > self.config.member_statement_cache:
-                seen.popitem(last=False)
             statement = parse(raw)
             if statement.domain == HEARTBEAT_DOMAIN:
                 self._verify(statement)
@@ -1020,12 +1024,15 @@ class Overlay:
                 self._member_changes += self.members.on_notice(notice, raw, now)
             else:
                 raise wire.WireError(f"{statement.domain} statement among membership statements")
+            seen[key] = None
+            if len(seen) > self.config.member_statement_cache:
+                seen.popitem(last=False)
         return actions
 
     def _observe_heartbeat(self, statement: Signed, now: float) -> list[Action]:
         if statement.domain != HEARTBEAT_DOMAIN:
             raise wire.WireError(f"expected a heartbeat, got {statement.domain!r}")
-        hb = Heartbeat.from_statement(statement)
+        hb = self.read_heartbeat(statement)
         if hb.address:
             check_address(hb.address)
         if hb.node_id == self.node_id and statement.signer != self.node_id:
@@ -1065,24 +1072,28 @@ class Overlay:
         """Run what is due. Cheap when nothing is: a driver may call it early or often."""
         if now < self.next_tick():
             return []
-        actions: list[Action] = []
-        self._member_changes += self.members.tick(now)
-        actions = self._from_members(actions, now)
-        horizon = now - self.config.seen_ttl
+        changes = self.members.tick(now)
+        if changes:
+            self._member_changes += changes
+        actions = self._from_members([], now)
         seen = self._seen
-        while seen and next(iter(seen.values())) < horizon:
-            seen.popitem(last=False)
+        if seen:
+            horizon = now - self.config.seen_ttl
+            while seen and next(iter(seen.values())) < horizon:
+                seen.popitem(last=False)
         cache = self._cache
-        horizon = now - self.config.message_ttl
-        while cache and next(iter(cache.values()))[1] < horizon:
-            cache.popitem(last=False)
+        if cache:
+            horizon = now - self.config.message_ttl
+            while cache and next(iter(cache.values()))[1] < horizon:
+                cache.popitem(last=False)
         if self._announce_due and self._announce_due[0][0] <= now:
             actions += self._announce_now(now)
         if self._missing_due and self._missing_due[0][0] <= now:
             actions += self._ask_missing(now)
-        for topic, (publisher, renew) in list(self._follows.items()):
-            if renew <= now:
-                actions += self.follow(topic, publisher, now)
+        if self._follows:
+            for topic, (publisher, renew) in list(self._follows.items()):
+                if renew <= now:
+                    actions += self.follow(topic, publisher, now)
         if now >= self._next_dial:
             self._next_dial = now + 1.0
             actions += self._dials(now)
@@ -1229,7 +1240,10 @@ class Overlay:
 
 
 def _nonce(msg: dict[str, Any], what: str) -> int:
-    return wire.int_field(msg, "n", 0, MAX_NONCE, what)
+    nonce = msg.get("n")
+    if type(nonce) is not int or not 0 <= nonce <= MAX_NONCE:
+        raise wire.WireError(f"{what}.n: expected an integer 0..{MAX_NONCE}")
+    return nonce
 
 
 def _ids(msg: dict[str, Any], what: str) -> list[bytes]:

@@ -184,7 +184,7 @@ class Agent:
     open_jobs: dict[bytes, JobView] = field(default_factory=dict)  # PENDING or RUNNING
     claimed_at: dict[bytes, float] = field(default_factory=dict)
     training: dict[bytes, _Training] = field(default_factory=dict)
-    submitted: list[bytes] = field(default_factory=list)
+    submitted: set[bytes] = field(default_factory=set)
     asked_events: float = -1e9
     progress_seen: int = 0
 
@@ -282,6 +282,7 @@ class World(OverlayNet):
         self._submitting = True
         self._cancel_planned: set[bytes] = set()
         self._rankings: dict[bytes, list[bytes]] = {}
+        self._watchers: dict[bytes, set[int]] = {}
         for node in self.nodes:
             self._register_topics(node)
 
@@ -716,7 +717,7 @@ class World(OverlayNet):
         wrapper = self.keys.sign(node.node_id, RECORDS_TOPIC, {"record": raw})
         if what == "submit":
             self.job_meta[record_id(raw)] = node.index
-            self.agents[node.index].submitted.append(record_id(raw))
+            self.agents[node.index].submitted.add(record_id(raw))
         actions = []
         for validator in self.validator_nodes:
             if validator is node:
@@ -824,8 +825,9 @@ class World(OverlayNet):
             self.at(self.now + self.progress_every, self._train_step, node, job_id, node=node)
         elif not mine and training is not None:
             self._stop_training(node, agent, job_id)
+        submitted = job_id in agent.submitted
         # The submitter follows its job's progress at the worker, as do a few watchers.
-        if job_id in agent.submitted or self._is_watcher(node, job_id):
+        if submitted or self._is_watcher(node, job_id):
             topic = progress_topic(job_id)
             follows = node.overlay.follows
             if job.status == "RUNNING" and job.worker and follows.get(topic) != job.worker:
@@ -833,8 +835,8 @@ class World(OverlayNet):
             elif job.status != "RUNNING" and topic in follows:
                 self.apply(node, node.overlay.unfollow(topic))
         if (
-            job.status in ("PENDING", "RUNNING")
-            and job_id in agent.submitted
+            submitted
+            and job.status in ("PENDING", "RUNNING")
             and job_id not in self._cancel_planned
         ):
             self._cancel_planned.add(job_id)
@@ -851,9 +853,13 @@ class World(OverlayNet):
         # A few nodes, fixed per job, whose users watch it.
         if not self.watchers:
             return False
-        pick = int.from_bytes(job_id[:4], "big")
-        count = len(self.nodes)
-        return any((pick + 7919 * k) % count == node.index for k in range(self.watchers))
+        watching = self._watchers.get(job_id)
+        if watching is None:
+            pick, count = int.from_bytes(job_id[:4], "big"), len(self.nodes)
+            watching = self._watchers[job_id] = {
+                (pick + 7919 * k) % count for k in range(self.watchers)
+            }
+        return node.index in watching
 
     def _cancel(self, node: SimNode, job_id: bytes) -> None:
         agent = self.agents[node.index]

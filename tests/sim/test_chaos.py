@@ -26,7 +26,7 @@ def test_every_invariant_holds_and_the_network_settles(seed: int) -> None:
 
 
 def test_the_chaos_really_happens() -> None:
-    reports = [chaos_run(seed) for seed in range(4)]
+    reports = [chaos_run(seed) for seed in range(8)]
     counters = [r.counters for r in reports]
     assert all(c["lost"] and c["duplicated"] and c["late"] for c in counters)
     assert all(c["cut"] and c["partitions"] for c in counters)
