@@ -539,7 +539,7 @@ class Overlay:
         silently (a frame of a link that has just closed)."""
         if peer in self._links:
             return self.on_frame(peer, data, now)
-        if self.is_banned(peer, now):
+        if self._banned and self.is_banned(peer, now):
             return []
         source = self._sources.get(peer)
         if source is None:
@@ -573,13 +573,15 @@ class Overlay:
         self, peer: bytes, kind: str, msg: dict[str, Any], now: float, link: _Link | None
     ) -> list[Action]:
         members = self.members
-        if kind == "ping":
-            actions = self._piggyback(msg, now)
-            members.on_ping(peer, _nonce(msg, kind), now)
-            return self._from_members(actions, now)
-        if kind == "ack":
-            actions = self._piggyback(msg, now)
-            members.on_ack(peer, _nonce(msg, kind), now)
+        if kind == "ping" or kind == "ack":
+            actions = self._piggyback(msg, now) if "pb" in msg else []
+            nonce = msg.get("n")
+            if type(nonce) is not int or not 0 <= nonce <= MAX_NONCE:
+                raise wire.WireError(f"{kind}.n: expected an integer 0..{MAX_NONCE}")
+            if kind == "ping":
+                members.on_ping(peer, nonce, now)
+            else:
+                members.on_ack(peer, nonce, now)
             return self._from_members(actions, now)
         if kind == "ihave" and link is not None:
             return self._on_ihave(peer, link, msg, now)
@@ -1096,8 +1098,11 @@ class Overlay:
                     actions += self.follow(topic, publisher, now)
         if now >= self._next_dial:
             self._next_dial = now + 1.0
-            actions += self._dials(now)
-            actions += self._trim()
+            links = len(self._links)
+            if links + len(self._pending_dials) < self.config.degree:
+                actions += self._dials(now)
+            elif links > self.config.max_degree:
+                actions += self._trim()
         return actions
 
     def _trim(self) -> list[Action]:
@@ -1121,8 +1126,9 @@ class Overlay:
         A driver that calls :meth:`tick` exactly at :meth:`next_tick` can, after a frame,
         check this instead of recomputing :meth:`next_tick` (a frame only ever adds timers)."""
         hint, self._wake_hint = self._wake_hint, math.inf
-        members = self.members.take_wake_hint()
-        return hint if hint < members else members
+        members = self.members
+        other, members.wake_hint = members.wake_hint, math.inf
+        return hint if hint < other else other
 
     def next_tick(self) -> float:
         """The earliest time :meth:`tick` has something to do."""

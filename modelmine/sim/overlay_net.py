@@ -309,12 +309,9 @@ class OverlayNet:
                 if node.paused_until > now:
                     self._wake(node, node.paused_until)
                     continue
-                due = node.overlay.next_tick()
-                if due > now:  # woken for a timer that has since moved later
-                    node.wake_at = due
-                    push(queue, (due, next(self._counter), _WAKE, a, b, None))
-                    continue
-                self._apply(node, node.overlay.tick(now))
+                actions = node.overlay.tick(now)  # nothing, cheaply, if a timer moved later
+                if actions:
+                    self._apply(node, actions)
                 self.heartbeat(node)
                 self._rewake(node)
             elif kind == _CALL:
