@@ -204,7 +204,7 @@ class SwimConfig:
     indirect_checks: int = 3
     suspicion_mult: int = 4
     suspicion_max_mult: int = 6
-    retransmit_mult: int = 2  # memberlist uses 4 on a LAN; push-pull covers what is missed
+    retransmit_mult: int = 3  # memberlist: 4 on a LAN; 2 let refutations miss nodes
     piggyback_items: int = 12
     piggyback_bytes: int = 16 * 1024
     awareness_max: int = 8

@@ -525,6 +525,7 @@ class PauseReport:
     pauses: int
     false_offline: int  # times a node that was up got marked OFFLINE by another
     false_suspect: int  # times it got marked SUSPECT (refuted later)
+    wrong_at_end: int = 0  # (viewer, member) pairs, both up, not shown alive after the run
 
 
 def pauses(
@@ -542,7 +543,14 @@ def pauses(
         count += 1
         t += every
     net.run_until(10.0 + seconds + 60.0)
-    return PauseReport(nodes, seconds, count, watch.false_offline, watch.false_suspect)
+    wrong = sum(
+        1
+        for node in net.nodes
+        if node.up
+        for m in node.overlay.members
+        if m.status in (Status.SUSPECT, Status.OFFLINE)
+    )
+    return PauseReport(nodes, seconds, count, watch.false_offline, watch.false_suspect, wrong)
 
 
 @dataclass

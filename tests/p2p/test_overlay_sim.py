@@ -72,3 +72,11 @@ def test_crashed_node_goes_suspect_then_offline_and_same_seed_reproduces() -> No
     first = run(5)
     assert first[1] <= 31.0
     assert run(5) == first
+
+
+def test_a_hundred_nodes_join_through_one_seed_peer_by_push_pull() -> None:
+    net = OverlayNet(100, seed=4)
+    for node in net.nodes[1:]:
+        net.seed_peers(node, [net.nodes[0]])
+    assert net.run_until_true(lambda: _full_membership(net), deadline=45.0, step=0.5)
+    assert max(node.overlay.statistics().links for node in net.nodes) <= 16
