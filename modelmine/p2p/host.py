@@ -161,6 +161,13 @@ class Host:
     def publish(self, topic: str, statement: Signed) -> None:
         self._apply(self.overlay.publish(topic, statement, trio.current_time()))
 
+    def follow(self, topic: str, publisher: bytes) -> None:
+        """Receive the followed ``topic`` from ``publisher`` (dialing it) until unfollowed."""
+        self._apply(self.overlay.follow(topic, publisher, trio.current_time()))
+
+    def unfollow(self, topic: str) -> None:
+        self._apply(self.overlay.unfollow(topic))
+
     def register_handler(self, kind: str, handler: RequestHandler) -> None:
         self._handlers[kind] = handler
 
