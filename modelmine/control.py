@@ -529,6 +529,10 @@ class ControlServer:
                 del self._subscribers[sub.topic]
         sub.buffer.clear()
 
+    def subscribed_topics(self) -> set[str]:
+        """The topics (and families, as ``progress:``) somebody is subscribed to now."""
+        return set(self._subscribers)
+
     def statistics(self) -> ControlStatistics:
         return ControlStatistics(
             connections=self._connections,

@@ -23,7 +23,7 @@ from modelmine.genesis import GENESIS_FILE, Genesis, GenesisError, make_genesis
 from modelmine.identity import load_or_create_node_key, short_id
 from modelmine.jobs.api import JobsApi
 from modelmine.jobs.outbox import Outbox
-from modelmine.jobs.progress import PROGRESS_TOPIC, ProgressReport
+from modelmine.jobs.progress import PROGRESS_FAMILY, ProgressReport
 from modelmine.jobs.worker import JobWorker
 from modelmine.ledger import DB_FILE, LedgerStore, StoreError
 from modelmine.ledger_api import LedgerApi, block_summary
@@ -223,7 +223,7 @@ class Node:
     def _on_deliver(self, delivery: Deliver) -> None:
         if delivery.topic in (CONSENSUS_TOPIC, RECORDS_TOPIC):
             self.chain.deliver(delivery)
-        elif delivery.topic == PROGRESS_TOPIC:
+        elif delivery.topic.startswith(PROGRESS_FAMILY + "/"):
             self.worker.deliver(delivery.statement)
 
     def _on_block(self, block: Block, commit: Commit) -> None:

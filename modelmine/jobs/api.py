@@ -28,6 +28,8 @@ from modelmine.p2p.blobs import BlobError, BlobService
 from modelmine.p2p.membership import Membership, Status
 
 MAX_MODEL: Final = 512 * 1024 * 1024
+WATCH_FOR: Final = 30.0  # seconds a node follows a job's live progress after it was looked at
+MAX_SUBMITTED: Final = 1024  # jobs submitted here whose progress is followed until they end
 JOB_KINDS: Final = frozenset(k for k in KINDS if k.startswith("job."))
 
 
@@ -40,6 +42,8 @@ def job_summary(job: Job, latest: ProgressReport | None) -> dict[str, Any]:
     elif latest is not None and latest.worker == job.worker:
         progress = round(100 * latest.step / max(1, latest.total_steps), 1)
         loss, accuracy = latest.val_loss or latest.train_loss, latest.val_accuracy
+    elif job.planned_samples:  # no live progress here: what the last checkpoint recorded
+        progress = round(min(99.9, 100 * job.samples / job.planned_samples), 1)
     return {
         "job_id": job.id.hex(),
         "title": job.title,
@@ -75,8 +79,37 @@ class JobsApi:
         self.node_id = node_id
         self.chain_id = chain_id
         self.events: dict[bytes, list[dict[str, Any]]] = {}
+        self._control: ControlServer | None = None
+        self._submitted: dict[bytes, None] = {}  # insertion-ordered set
+        self._watched: dict[bytes, float] = {}  # job id -> follow its progress until
+        worker.interest = self.progress_interest
+
+    def progress_interest(self) -> tuple[set[bytes], bool]:
+        """Whose live progress this node wants: the jobs submitted through it (until they end),
+        the jobs a control client looked at in the last WATCH_FOR seconds or subscribed to
+        (``progress:<id>``), and every running job while someone subscribes to ``progress:``."""
+        now = time.monotonic()
+        for job_id in [j for j, until in self._watched.items() if until <= now]:
+            del self._watched[job_id]
+        for job_id in list(self._submitted):
+            job = self.state.job(job_id)
+            if job is not None and job.status.ended:
+                del self._submitted[job_id]
+        ids = set(self._submitted) | set(self._watched)
+        every = False
+        topics = self._control.subscribed_topics() if self._control is not None else set()
+        for topic in topics:
+            if topic == "progress:":
+                every = True
+            elif topic.startswith("progress:"):
+                try:
+                    ids.add(bytes.fromhex(topic.removeprefix("progress:")))
+                except ValueError:
+                    continue
+        return ids, every
 
     def register(self, control: ControlServer) -> None:
+        self._control = control
         control.register("jobs.submit", self._submit)
         control.register("jobs.list", self._list)
         control.register("jobs.get", self._get)
@@ -138,6 +171,9 @@ class JobsApi:
         reason = self.chain.submit(raw)
         if reason is not None:
             raise RpcError(INVALID_RECORD, reason)
+        self._submitted[job_id] = None
+        while len(self._submitted) > MAX_SUBMITTED:
+            del self._submitted[next(iter(self._submitted))]
         return {"job_id": job_id.hex(), "duplicate": False}
 
     def _job(self, params: dict[str, Any]) -> Job:
@@ -162,6 +198,9 @@ class JobsApi:
 
     async def _get(self, params: dict[str, Any]) -> dict[str, Any]:
         job = self._job(params)
+        if not job.status.ended:
+            self._watched[job.id] = time.monotonic() + WATCH_FOR
+            self.worker.wake()  # follow it now, not at the next schedule
         out = job_summary(job, self.worker.latest.get(job.id))
         latest = self.worker.latest.get(job.id)
         out.update(

@@ -1,7 +1,12 @@
-"""Signed training progress, gossiped by the worker of a job.
+"""Signed training progress, sent by the worker of a job to the nodes that follow it.
+
+Each job has its own followed topic, ``progress/<first 128 bits of the job id>``: a node that
+wants a job's live progress (its submitter's node, a node whose control clients watch it)
+follows that topic at the worker, and the worker sends each report straight to its followers.
+Nobody else receives it, so the cost of progress does not grow with the size of the network.
 
 Only the node that the ledger names as the job's worker may speak for it: a progress statement
-from any other node is forged and costs the relaying peer its score.
+from any other node is forged and costs the sending peer its score.
 """
 
 from __future__ import annotations
@@ -13,8 +18,13 @@ from typing import Any, Final
 from modelmine import wire
 from modelmine.signing import Signed
 
-PROGRESS_TOPIC: Final = "progress"
+PROGRESS_FAMILY: Final = "progress"
 PROGRESS_DOMAIN: Final = "progress"
+
+
+def progress_topic(job_id: bytes) -> str:
+    """The followed topic of one job's progress (128 bits of the id keep it under 64 chars)."""
+    return f"{PROGRESS_FAMILY}/{job_id[:16].hex()}"
 
 
 @dataclass(frozen=True)

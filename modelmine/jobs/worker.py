@@ -24,7 +24,13 @@ from nacl.signing import SigningKey
 from modelmine import wire
 from modelmine.jobs.assignment import rank
 from modelmine.jobs.outbox import Outbox
-from modelmine.jobs.progress import PROGRESS_DOMAIN, PROGRESS_TOPIC, ProgressReport, finite
+from modelmine.jobs.progress import (
+    PROGRESS_DOMAIN,
+    PROGRESS_FAMILY,
+    ProgressReport,
+    finite,
+    progress_topic,
+)
 from modelmine.ledger import (
     STALL_MS,
     Job,
@@ -60,6 +66,7 @@ CHECKPOINT_FETCH: Final = 10.0  # at most this long to fetch a checkpoint to res
 PROGRESS_EVERY: Final = 0.5  # at most this often on the network, per job
 CLAIM_RETRY: Final = 10.0
 HISTORY: Final = 600  # progress points kept per job, for plots
+MAX_FOLLOWED: Final = 64  # jobs whose live progress one node follows at once
 MAX_DATASET: Final = 256 * 1024 * 1024
 MAX_CHECKPOINT: Final = 256 * 1024 * 1024
 CLAIM_SKEW_MS: Final = 10_000  # block times vs a worker's clock (consensus MAX_FUTURE_MS)
@@ -106,7 +113,9 @@ class JobWorker:
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._last_sent: dict[bytes, float] = {}
-        host.overlay.register_topic(PROGRESS_TOPIC, self._check_progress)
+        # Which jobs' live progress this node wants: (these job ids, every running job).
+        self.interest: Callable[[], tuple[set[bytes], bool]] = lambda: (set(), False)
+        host.overlay.register_topic(PROGRESS_FAMILY + "/", self._check_progress, followed=True)
         host.register_handler("blob.providers", self._serve_nothing)
 
     @property
@@ -126,6 +135,7 @@ class JobWorker:
                     await self._wake.wait()
                 self._wake = trio.Event()
                 self._schedule()
+                self._follow_progress()
 
     # ---- deciding ----
 
@@ -366,6 +376,26 @@ class JobWorker:
 
     # ---- progress ----
 
+    def _follow_progress(self) -> None:
+        """Follow the progress of the running jobs someone here wants, at their workers; stop
+        following the rest. At most MAX_FOLLOWED jobs, the newest first."""
+        ids, every_running = self.interest()
+        wanted: dict[str, bytes] = {}
+        for job in self.state.jobs(JobStatus.RUNNING):  # newest first
+            if len(wanted) >= MAX_FOLLOWED:
+                break
+            if job.worker is None or job.worker == self.node_id:
+                continue
+            if every_running or job.id in ids:
+                wanted[progress_topic(job.id)] = job.worker
+        follows = self.host.overlay.follows
+        for topic, publisher in follows.items():
+            if topic.startswith(PROGRESS_FAMILY + "/") and wanted.get(topic) != publisher:
+                self.host.unfollow(topic)
+        for topic, publisher in wanted.items():
+            if follows.get(topic) != publisher:
+                self.host.follow(topic, publisher)
+
     def _progress_from_thread(self, job_id: bytes, p: Progress) -> None:
         trio.from_thread.run_sync(self._progress, job_id, p)
 
@@ -389,7 +419,7 @@ class JobWorker:
         if now - last >= PROGRESS_EVERY or p.step == p.total_steps:
             self._last_sent[job_id] = now
             statement = sign(self.key, PROGRESS_DOMAIN, self.chain_id, report.payload())
-            self.host.publish(PROGRESS_TOPIC, statement)
+            self.host.publish(progress_topic(job_id), statement)
 
     def record_progress(self, report: ProgressReport) -> None:
         latest = self.latest.get(report.job_id)

@@ -65,6 +65,7 @@ from modelmine.consensus.types import (
 )
 from modelmine.genesis import ConsensusParams, Genesis, Validator
 from modelmine.jobs.assignment import rank
+from modelmine.jobs.progress import PROGRESS_FAMILY, progress_topic
 from modelmine.ledger import (
     STALL_MS,
     JobStatus,
@@ -105,7 +106,6 @@ WORLD_PARAMS: Final = ConsensusParams(
 RECORDS_TOPIC: Final = "records"
 CONSENSUS_TOPIC: Final = "consensus"
 HEAD_TOPIC: Final = "head"
-PROGRESS_FAMILY: Final = "progress"
 SPEC: Final = {
     "title": "sim job",
     "model": {"kind": "logistic"},
@@ -1000,11 +1000,6 @@ class World(OverlayNet):
             raise self.fail(
                 f"{self.stats.progress_elsewhere} progress messages reached non-followers"
             )
-
-
-def progress_topic(job_id: bytes) -> str:
-    """The followed topic of a job's progress (128 bits of the id keep it under 64 chars)."""
-    return f"{PROGRESS_FAMILY}/{job_id[:16].hex()}"
 
 
 def _direct_send(peer: bytes, frame: bytes) -> Send:

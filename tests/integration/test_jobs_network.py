@@ -17,7 +17,7 @@ from nacl.signing import SigningKey
 
 from modelmine import wire
 from modelmine.control_client import RpcError, open_control_client
-from modelmine.jobs.progress import PROGRESS_DOMAIN, PROGRESS_TOPIC
+from modelmine.jobs.progress import PROGRESS_DOMAIN, progress_topic
 from modelmine.ledger import make_job_cancel, make_job_complete, make_job_submit, make_register
 from modelmine.signing import sign
 from tests.integration.cluster import Cluster, raw_peer, submit, try_call, wait_for
@@ -178,6 +178,7 @@ async def test_cancel_by_submitter_refunds_and_others_are_refused(net: Cluster) 
             return bool(j and j["status"] == "RUNNING")
 
         await wait_for(running, 60, "the long job to run")
+        await progress_goes_to_followers_only(c, job_id)
         async with open_control_client(c.data_dir(2)) as client:
             status = await client.call("status")
             account = await client.call("ledger.account", account=bytes(carol.verify_key).hex())
@@ -210,6 +211,51 @@ async def test_cancel_by_submitter_refunds_and_others_are_refused(net: Cluster) 
             )
 
         await wait_for(worker_idle, 20, "the worker to stop training the canceled job")
+
+
+async def progress_goes_to_followers_only(c: Cluster, job_id: str) -> None:
+    """Node 1 took the submission, so it follows the job's progress at the worker; a node that
+    nobody asked about the job receives none, until it is asked. Progress forged by a peer
+    that never worked on the job gets that peer banned by the follower."""
+    j = await job(c, 1, job_id)
+    assert j is not None
+    worker = c.index_of(j["worker"])
+    observer = next(i for i in (2, 3, 4) if i != worker)
+
+    async def live_at_node_1() -> bool:
+        j = await job(c, 1, job_id)
+        return bool(j and len(j["history"]) >= 3)
+
+    await wait_for(live_at_node_1, 20, "live progress at the submitter's node")
+    quiet = await job(c, observer, job_id)  # this look starts the observer following
+    assert quiet is not None and quiet["history"] == [] and quiet["latest"] is None
+
+    async def live_at_observer() -> bool:
+        j = await job(c, observer, job_id)
+        return bool(j and j["history"])
+
+    await wait_for(live_at_observer, 15, "progress at the observer once it follows the job")
+    async with raw_peer(c, 1) as peer:
+        chain = (await try_call(c.data_dir(1), "status"))["chain_id"]
+        report = {
+            "job_id": bytes.fromhex(job_id),
+            "step": 1,
+            "total_steps": 10,
+            "epoch": 0,
+            "train_loss": 0.1,
+            "val_loss": None,
+            "val_accuracy": 0.99,
+            "samples_per_second": 1.0,
+            "time": 0.0,
+        }
+        statement = sign(peer.key, PROGRESS_DOMAIN, chain, report)
+        topic = progress_topic(bytes.fromhex(job_id))
+        await peer.send_plain(wire.encode({"t": "msg", "topic": topic, "data": statement.raw}))
+
+        async def banned() -> bool:
+            return "never worked on it" in c.nodes[0].log()
+
+        await wait_for(banned, 10, "node-1 to refuse the forged progress")
 
 
 async def test_twenty_jobs_at_once_all_complete_and_credits_are_conserved(net: Cluster) -> None:
@@ -295,28 +341,6 @@ async def test_bad_jobs_are_refused_or_fail_with_a_reason(net: Cluster) -> None:
             )
             with pytest.raises(RpcError, match="job"):
                 await client.call("ledger.submit", record=forged.hex())
-        # ... and progress gossiped by a peer that never worked on the job gets it banned.
-        async with raw_peer(c, 2) as peer:
-            report = {
-                "job_id": bytes.fromhex(job_id),
-                "step": 1,
-                "total_steps": 10,
-                "epoch": 0,
-                "train_loss": 0.1,
-                "val_loss": None,
-                "val_accuracy": 0.99,
-                "samples_per_second": 1.0,
-                "time": 0.0,
-            }
-            statement = sign(peer.key, PROGRESS_DOMAIN, chain, report)
-            await peer.send_plain(
-                wire.encode({"t": "gossip", "topic": PROGRESS_TOPIC, "data": statement.raw})
-            )
-
-            async def banned() -> bool:
-                return "never worked on it" in c.nodes[1].log()
-
-            await wait_for(banned, 10, "node-2 to refuse the forged progress")
 
 
 async def test_cli_submit_follow_and_fetch(net: Cluster, tmp_path: Path) -> None:
