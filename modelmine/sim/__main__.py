@@ -16,6 +16,7 @@ command that replays it, and the command exits with status 1.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -53,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     pause.add_argument("--seconds", type=float, default=120.0)
     sub.add_parser("campaign", help="everything above at full size")
     args = parser.parse_args(argv)
+    # The real cores log what an operator would want to know (a validator refusing to sign
+    # twice, say); in a simulation of thousands of nodes that is noise unless asked for.
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(message)s")
     try:
         if args.command == "chaos":
             return _chaos(args.seed, args.first, args.seeds, args.verbose)
