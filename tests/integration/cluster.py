@@ -88,19 +88,25 @@ class Cluster:
     ports: list[int] = field(init=False)
     bootstrap_url: str = field(init=False)
     extra: list[Proc] = field(default_factory=list)
+    # Processes on other hosts, by name ("bootstrap", "node-1", ...): the address each one
+    # listens on (default 127.0.0.1) and a command prefix that runs it there (such as
+    # ``ip netns exec NAME``).
+    hosts: dict[str, str] = field(default_factory=dict)
+    prefix: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.genesis = write_network(self.root, self.n, chain_id="test-net")
         boot_port = free_port()
-        self.bootstrap_url = f"ws://127.0.0.1:{boot_port}"
+        self.bootstrap_url = f"ws://{self.host('bootstrap')}:{boot_port}"
         py = [sys.executable, "-m", "modelmine", "--log-level", "INFO"]
         self.bootstrap = Proc(
             "bootstrap",
             [
+                *self.prefix.get("bootstrap", []),
                 *py,
                 "bootstrap",
                 "--listen",
-                f"127.0.0.1:{boot_port}",
+                f"{self.host('bootstrap')}:{boot_port}",
                 "--genesis",
                 str(self.root / "genesis.json"),
             ],
@@ -111,6 +117,7 @@ class Cluster:
             Proc(
                 f"node-{i}",
                 [
+                    *self.prefix.get(f"node-{i}", []),
                     *py,
                     "node",
                     "--data-dir",
@@ -118,7 +125,7 @@ class Cluster:
                     "--name",
                     f"node-{i}",
                     "--listen",
-                    f"127.0.0.1:{self.ports[i - 1]}",
+                    f"{self.host(f'node-{i}')}:{self.ports[i - 1]}",
                     "--bootstrap",
                     self.bootstrap_url,
                     "--genesis",
@@ -155,6 +162,9 @@ class Cluster:
         )
         self.extra.append(proc)
         return proc
+
+    def host(self, name: str) -> str:
+        return self.hosts.get(name, "127.0.0.1")
 
     def index_of(self, node_id_hex: str) -> int:
         return 1 + [v.node_id.hex() for v in self.genesis.validators].index(node_id_hex)
