@@ -57,6 +57,7 @@ ROUND_WINDOW: Final = 4  # votes and proposals are stored for rounds up to curre
 MAX_PROPOSALS_PER_ROUND: Final = 2  # the first one is acted on; a second one is evidence
 MAX_VALUES_PER_VALIDATOR: Final = 4  # per (round, type); more is equivocation we stop storing
 MAX_PENDING: Final = 10_000
+IDLE_RECHECK: Final = 1.0  # seconds between looks at pending records not valid yet
 
 
 class Step(enum.StrEnum):
@@ -220,6 +221,7 @@ class Tendermint:
         self._locked_block: Block | None = None
         self._valid_block: Block | None = None
         self._waiting_idle = False
+        self._idle_check_at = 0.0
         self._enter_height(height, prev_header, last_commit, _HeightLog(height), 0.0)
 
     # ---- public state ----
@@ -271,7 +273,7 @@ class Tendermint:
 
     def add_pending(self, records: Iterable[bytes], now: float) -> list[Action]:
         """Offer records for inclusion; invalid ones against the current state are dropped."""
-        was_empty = not self.pending
+        before = len(self.pending)
         for record in records:
             digest = wire.sha256(record)
             if digest in self.pending or len(self.pending) >= MAX_PENDING:
@@ -279,10 +281,13 @@ class Tendermint:
             if self.app.check_record(record) is None:
                 self.pending[digest] = record
         out: list[Action] = []
-        if was_empty and self.pending and self._waiting_idle:
-            self._waiting_idle = False
-            self._enter_propose(now, out)
-            self._progress(now, out)
+        if self._waiting_idle and len(self.pending) > before:
+            if self._has_work(now):
+                self._waiting_idle = False
+                self._enter_propose(now, out)
+                self._progress(now, out)
+            elif self._idle_check_at > now + IDLE_RECHECK:
+                self._schedule_idle_check(now, out)  # look again soon, not at the deadline
         return out
 
     def on_proposal(self, proposal: Proposal, now: float) -> list[Action]:
@@ -366,6 +371,11 @@ class Tendermint:
         if self._decision is not None or timeout.round != self._round:
             return out
         if timeout.step == TimeoutKind.IDLE and self._waiting_idle:
+            if now < self._idle_check_at:
+                return out  # an earlier check's timer
+            if now < self._idle_deadline() and not self._has_work(now):
+                self._schedule_idle_check(now, out)
+                return out
             self._waiting_idle = False
             self._enter_propose(now, out)
         elif timeout.step == TimeoutKind.PROPOSE and self._step is Step.PROPOSE:
@@ -448,14 +458,37 @@ class Tendermint:
         self._round = round
         self._step = Step.PROPOSE
         self._reset_round_flags()
-        if round == 0 and not self.pending:
-            deadline = self._idle_deadline()
-            if now < deadline:
-                self._waiting_idle = True
-                out.append(ScheduleTimeout(self.height, 0, TimeoutKind.IDLE, deadline))
-                return
+        if round == 0 and now < self._idle_deadline() and not self._has_work(now):
+            self._waiting_idle = True
+            self._schedule_idle_check(now, out)
+            return
         self._waiting_idle = False
         self._enter_propose(now, out)
+
+    def _has_work(self, now: float) -> bool:
+        """Whether a block made now would carry a record. Pending records that are valid but
+        not yet at this time (a claim on a job that is not stalled yet) do not count: they
+        would only make empty blocks back to back until their time comes."""
+        if not self.pending:
+            return False
+        chosen = self.app.select_records(
+            list(self.pending.values()), 1, block_time_ms=self._block_time(now)
+        )
+        return bool(chosen)
+
+    def _schedule_idle_check(self, now: float, out: list[Action]) -> None:
+        """Wait for the idle deadline; with records pending, look again every second."""
+        at = self._idle_deadline()
+        if self.pending:
+            at = min(at, now + IDLE_RECHECK)
+        self._idle_check_at = at
+        out.append(ScheduleTimeout(self.height, 0, TimeoutKind.IDLE, at))
+
+    def _block_time(self, now: float) -> int:
+        time = int(now * 1000)
+        if self.prev_header is not None:
+            time = max(time, self.prev_header.time + 1)
+        return time
 
     def _idle_deadline(self) -> float:
         if self.prev_header is None:
@@ -486,9 +519,7 @@ class Tendermint:
         self._log.blocks.setdefault(block.hash, block)
 
     def _new_block(self, now: float) -> Block:
-        time = int(now * 1000)
-        if self.prev_header is not None:
-            time = max(time, self.prev_header.time + 1)
+        time = self._block_time(now)
         records = self.app.select_records(
             list(self.pending.values()), self.params.max_block_records, block_time_ms=time
         )

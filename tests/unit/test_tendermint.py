@@ -240,6 +240,36 @@ def test_with_nothing_pending_an_empty_block_comes_after_the_idle_interval() -> 
     assert proposal.block.records == ()
 
 
+class _NotBefore(KVApp):
+    """An application whose records are valid but may only go into blocks from 5 s on (as a
+    claim on a job that has not stalled yet)."""
+
+    def select_records(
+        self, pending: Sequence[bytes], max_records: int, *, block_time_ms: int | None = None
+    ) -> list[bytes]:
+        if block_time_ms is not None and block_time_ms < 5_000:
+            return []
+        return super().select_records(pending, max_records, block_time_ms=block_time_ms)
+
+
+def test_records_not_valid_yet_make_no_empty_blocks_and_go_in_when_their_time_comes() -> None:
+    core = make_core(proposer(1), app=_NotBefore(CHAIN))
+    core.start(0.0)
+    actions = core.add_pending([record(1)], 1.0)
+    assert not [m for m in sent(actions) if isinstance(m, Proposal)]  # no empty block now
+    proposals: list[Proposal] = []
+    t = 1.0
+    while not proposals and t < 9.0:
+        (check,) = timeouts(actions, TimeoutKind.IDLE)
+        assert check.at - t <= 1.0  # looked at again every second, not at the idle deadline
+        t = check.at
+        actions = core.on_timeout(check, t)
+        proposals = [m for m in sent(actions) if isinstance(m, Proposal)]
+    assert 5.0 <= t < 6.5
+    (proposal,) = proposals
+    assert proposal.block.records == (record(1),)
+
+
 def test_invalid_records_are_never_proposed() -> None:
     core = make_core(proposer(1))
     core.start(0.0)
