@@ -1,8 +1,8 @@
 """Jobs on a network of node processes on loopback: latency, training speed, throughput.
 
 A bootstrap server and 4 validator processes (``modelmine node``, all taking jobs, one slot
-each) on free 127.0.0.1 ports in a temp dir, started as tests/integration/cluster.py starts
-them, with OPENBLAS_NUM_THREADS=1 for every process. Accounts register through the control
+each) on free 127.0.0.1 ports in a temp dir, started with the integration tests' harness
+(tests/integration/cluster.py), with OPENBLAS_NUM_THREADS=1 for every process. Accounts register through the control
 API; jobs are signed here (``make_job_submit``) and sent with ``jobs.submit``, then
 ``ledger.wait`` until the submission is final. Every timestamp compared below comes from the
 same machine's clock (block times are the proposer's ``time.time()``, progress points the
@@ -49,21 +49,17 @@ Run: ``.venv/bin/python bench/bench_jobs.py [--keep DIR]`` (DIR keeps the nodes'
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import math
 import os
 import resource
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,10 +68,19 @@ import psutil
 import trio
 from nacl.signing import SigningKey
 
-from modelmine.control_client import ControlUnavailable, RpcError, open_control_client
-from modelmine.devnet import write_network
-from modelmine.genesis import Genesis
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from modelmine.control_client import RpcError, open_control_client
 from modelmine.ledger import make_job_submit, make_register
+from tests.integration.cluster import (
+    Cluster,
+    call,
+    child_env,
+    peer_statuses,
+    try_call,
+    wait_for,
+)
 
 NODES = 4
 SEQUENTIAL = 10
@@ -84,7 +89,6 @@ SPEED_EPOCHS = 2500
 SPEED_ROUNDS = 2  # node runs, between SPEED_ROUNDS + 1 local runs
 POLL = 0.1
 STAKE = 10  # the 1000-credit grant covers 100 jobs per account
-LOG_TAIL = 3000
 
 TINY: dict[str, Any] = {
     "title": "tiny",
@@ -114,177 +118,27 @@ max_seconds = 600
 """
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
 def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-# ---- processes ----
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass
-class Proc:
-    name: str
-    argv: list[str]
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=_env(),
-            )
-
-    def terminate(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-
-    def reap(self, deadline: float) -> None:
-        if self.process is None:
-            return
-        try:
-            self.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def tail(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-LOG_TAIL:]
-        except FileNotFoundError:
-            return "(no log)"
-
-
-@dataclass
-class Cluster:
-    root: Path
-    genesis: Genesis = field(init=False)
-    procs: list[Proc] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.genesis = write_network(self.root, NODES, chain_id="bench-jobs")
-        boot = f"127.0.0.1:{free_port()}"
-        py = [sys.executable, "-m", "modelmine", "--log-level", "INFO"]
-        genesis = str(self.root / "genesis.json")
-        self.procs.append(
-            Proc(
-                "bootstrap",
-                [*py, "bootstrap", "--listen", boot, "--genesis", genesis],
-                self.root / "bootstrap.log",
-            )
-        )
-        for i in range(1, NODES + 1):
-            self.procs.append(
-                Proc(
-                    f"node-{i}",
-                    [
-                        *py,
-                        "node",
-                        "--data-dir",
-                        str(self.dir(i)),
-                        "--name",
-                        f"node-{i}",
-                        "--listen",
-                        f"127.0.0.1:{free_port()}",
-                        "--bootstrap",
-                        f"ws://{boot}",
-                        "--genesis",
-                        genesis,
-                    ],
-                    self.dir(i) / "node.log",
-                )
-            )
-
-    def dir(self, i: int) -> Path:
-        return self.root / f"node-{i}"
-
-    def index_of(self, node_id_hex: str) -> int:
-        return 1 + [v.node_id.hex() for v in self.genesis.validators].index(node_id_hex)
-
-    def start(self) -> None:
-        for p in self.procs:
-            p.start()
-
-    def check_alive(self) -> None:
-        dead = [p for p in self.procs if p.process is not None and p.process.poll() is not None]
-        if dead:
-            names = ", ".join(f"{p.name} (exit {p.process.returncode})" for p in dead if p.process)
-            raise RuntimeError(f"process exited: {names}")
-
-    def stop(self) -> None:
-        for p in self.procs:
-            p.terminate()
-        deadline = time.monotonic() + 10
-        for p in self.procs:
-            p.reap(deadline)
-
-    def logs(self) -> str:
-        return "\n".join(f"==== {p.name} ({p.log_path})\n{p.tail()}" for p in self.procs)
-
-    def count_in_logs(self, needle: str) -> int:
-        total = 0
-        for p in self.procs:
-            with contextlib.suppress(FileNotFoundError):
-                total += p.log_path.read_text(errors="replace").count(needle)
-        return total
-
-
-# ---- control API ----
-
-
-async def call(data_dir: Path, method: str, **params: Any) -> Any:
-    async with open_control_client(data_dir) as client:
-        return await client.call(method, **params)
-
-
-async def try_call(data_dir: Path, method: str, **params: Any) -> Any:
-    try:
-        return await call(data_dir, method, **params)
-    except (ControlUnavailable, OSError):
-        return None
-
-
-async def wait_for(
-    c: Cluster, predicate: Callable[[], Awaitable[bool]], limit: float, what: str
-) -> float:
-    start = time.monotonic()
-    while not await predicate():
-        c.check_alive()
-        if time.monotonic() - start > limit:
-            raise RuntimeError(f"timed out after {limit:.0f} s waiting for {what}")
-        await trio.sleep(POLL)
-    return time.monotonic() - start
+# ---- the network ----
 
 
 async def ready(c: Cluster) -> float:
     async def linked() -> bool:
         for i in range(1, NODES + 1):
-            s = await try_call(c.dir(i), "status")
-            peers = await try_call(c.dir(i), "peers")
+            s = await try_call(c.data_dir(i), "status")
+            peers = await peer_statuses(c.data_dir(i))
             if (
                 not s
                 or s["peers"] < 2
-                or sum(p["status"] == "ONLINE" for p in peers or []) < NODES - 1
+                or sum(p["status"] == "ONLINE" for p in peers.values()) < NODES - 1
             ):
                 return False
         return True
 
-    return await wait_for(c, linked, 60, "the network to form")
+    return await wait_for(linked, 60, "the network to form", poll=POLL, check=c.check_alive)
 
 
 async def _final(client: Any, record_id: str) -> None:
@@ -307,7 +161,7 @@ class Account:
 
 async def register(c: Cluster, i: int, name: str) -> Account:
     account = Account(SigningKey.generate())
-    async with open_control_client(c.dir(i)) as client:
+    async with open_control_client(c.data_dir(i)) as client:
         status = await client.call("status")
         state = await client.call("ledger.account", account=account.hex)
         raw = make_register(account.key, status["chain_id"], name, state["next_nonce"])
@@ -324,7 +178,7 @@ async def submit_job(
 
     The nonce is counted here: a node that has not yet committed the account's previous
     record refuses the next one as skipping ahead, and it is sent again shortly after."""
-    async with open_control_client(c.dir(i)) as client:
+    async with open_control_client(c.data_dir(i)) as client:
         status = await client.call("status")
         raw = make_job_submit(account.key, status["chain_id"], spec, account.nonce, 0)
         for attempt in range(100):
@@ -342,7 +196,7 @@ async def submit_job(
 
 
 async def job(c: Cluster, i: int, job_id: str) -> dict[str, Any]:
-    result: dict[str, Any] = await call(c.dir(i), "jobs.get", job_id=job_id)
+    result: dict[str, Any] = await call(c.data_dir(i), "jobs.get", job_id=job_id)
     return result
 
 
@@ -437,7 +291,7 @@ def train_locally(spec_path: Path) -> Local:
         [sys.executable, "-m", "modelmine", "train", str(spec_path), "--json"],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=child_env(),
         timeout=300,
     )
     wall = time.monotonic() - start
@@ -511,7 +365,7 @@ class NodeRun:
 
 
 async def node_run(c: Cluster, account: Account, spec: dict[str, Any]) -> NodeRun:
-    pids = {i: p.process.pid for i, p in enumerate(c.procs[1:], 1) if p.process is not None}
+    pids = {i: p.process.pid for i, p in enumerate(c.nodes, 1) if p.process is not None}
     start_cpu = {i: cpu_of(pid) for i, pid in pids.items()}
     start = time.monotonic()
     job_id, _ = await submit_job(c, 1, account, spec)
@@ -526,7 +380,7 @@ async def node_run(c: Cluster, account: Account, spec: dict[str, Any]) -> NodeRu
             worker = c.index_of(j["worker"])
         return bool(j["status"] == "COMPLETED")
 
-    await wait_for(c, done, 240, "the speed job to complete")
+    await wait_for(done, 240, "the speed job to complete", poll=POLL, check=c.check_alive)
     window = time.monotonic() - start
     total, main = cpu_of(pids[worker])
     w = await job(c, worker, job_id)
@@ -634,14 +488,14 @@ async def throughput(c: Cluster, keys: list[Account]) -> Throughput:
     submit_seconds = max(sent.values()) - first
 
     async def all_done() -> bool:
-        jobs = await try_call(c.dir(1), "jobs.list")
+        jobs = await try_call(c.data_dir(1), "jobs.list")
         states = {j["job_id"]: j["status"] for j in jobs or []}
         bad = [j for j in sent if states.get(j) in ("FAILED", "CANCELED")]
         if bad:
             raise RuntimeError(f"{len(bad)} throughput jobs failed or were canceled")
         return all(states.get(j) == "COMPLETED" for j in sent)
 
-    await wait_for(c, all_done, 150, f"{len(sent)} jobs to complete")
+    await wait_for(all_done, 150, f"{len(sent)} jobs to complete", poll=POLL, check=c.check_alive)
     ended: dict[str, float] = {}
     workers: dict[int, int] = {}
     views: dict[str, dict[str, Any]] = {}
@@ -682,7 +536,7 @@ class Results:
 
 
 async def _bench(root: Path) -> Results:
-    c = Cluster(root / "net")
+    c = Cluster(root / "net", NODES, chain_id="bench-jobs")
     try:
         c.start()
         with trio.fail_after(420):
@@ -846,7 +700,6 @@ def main() -> None:
     args = parser.parse_args()
     SEQUENTIAL, THROUGHPUT_JOBS = args.sequential, args.jobs
     SPEED_EPOCHS, SPEED_ROUNDS = args.epochs, args.rounds
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from bench.report import print_rows
 
     print_rows(run(args.keep))

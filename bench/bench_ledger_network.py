@@ -1,7 +1,8 @@
 """The ledger on a network of node processes on loopback: finality under load, and sync.
 
 1. Finality under load. A bootstrap server and 4 validator processes (``modelmine node``) on
-   free 127.0.0.1 ports in a temp dir, as tests/integration/cluster.py starts them. ACCOUNTS
+   free 127.0.0.1 ports in a temp dir, started with the integration tests' harness
+   (tests/integration/cluster.py). ACCOUNTS
    accounts register (through different nodes); then for LOAD_SECONDS each account runs a
    closed loop: sign a transfer with its next nonce, ``ledger.submit`` it through the next node
    in round-robin order, ``ledger.wait`` on that node until it is in a committed block, repeat.
@@ -53,17 +54,13 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import random
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,14 +68,17 @@ import psutil
 import trio
 from nacl.signing import SigningKey
 
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from modelmine.control_client import (
     ControlClient,
     ControlUnavailable,
     RpcError,
     open_control_client,
 )
-from modelmine.genesis import GENESIS_FILE, Genesis, Validator
-from modelmine.identity import save_node_key
+from modelmine.devnet import write_network
+from modelmine.genesis import GENESIS_FILE, Genesis
 from modelmine.ledger import (
     DB_FILE,
     ChainBuilder,
@@ -87,6 +87,7 @@ from modelmine.ledger import (
     make_transfer,
     verify_chain,
 )
+from tests.integration.cluster import Cluster, try_call, wait_for
 
 VALIDATORS = 4
 ACCOUNTS = 16
@@ -97,183 +98,10 @@ RETRY_DELAY = 0.02
 SYNC_BLOCKS = 5000
 USERS = 200
 TRANSFERS_PER_BLOCK = 10
-LOG_TAIL = 3000
+POLL = 0.2
 RATE_LOG = "exceeded the frame rate limit"  # the overlay's warning when it penalizes a peer
 BAN_LOG = ": banned: "  # the host's warning when it drops a banned peer
 PENALTY_GOAL = "= 0 (-5 each; -100 bans a peer)"
-
-
-# ---- processes ----
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass
-class Proc:
-    name: str
-    argv: list[str]
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
-            )
-
-    def terminate(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-
-    def reap(self, deadline: float) -> None:
-        if self.process is None:
-            return
-        try:
-            self.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def tail(self) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-        return text[-LOG_TAIL:]
-
-
-@dataclass
-class Network:
-    """A bootstrap server and nodes of one genesis, each with a data dir under ``root``."""
-
-    root: Path
-    procs: list[Proc] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.bootstrap_url = f"ws://127.0.0.1:{free_port()}"
-
-    def _py(self) -> list[str]:
-        return [sys.executable, "-m", "modelmine", "--log-level", "INFO"]
-
-    def start_bootstrap(self) -> None:
-        directory = self.root / "bootstrap"
-        proc = Proc(
-            "bootstrap",
-            [
-                *self._py(),
-                "bootstrap",
-                "--listen",
-                self.bootstrap_url.removeprefix("ws://"),
-                "--data-dir",
-                str(directory),
-                "--genesis",
-                str(self.root / GENESIS_FILE),
-            ],
-            directory / "bootstrap.log",
-        )
-        self.procs.append(proc)
-        proc.start()
-
-    def start_node(self, name: str) -> Path:
-        """Start the node of ``root/name`` (created if new); returns its data dir."""
-        directory = self.root / name
-        directory.mkdir(parents=True, exist_ok=True)
-        proc = Proc(
-            name,
-            [
-                *self._py(),
-                "node",
-                "--data-dir",
-                str(directory),
-                "--name",
-                name,
-                "--listen",
-                f"127.0.0.1:{free_port()}",
-                "--bootstrap",
-                self.bootstrap_url,
-                "--genesis",
-                str(self.root / GENESIS_FILE),
-            ],
-            directory / "node.log",
-        )
-        self.procs.append(proc)
-        proc.start()
-        return directory
-
-    def check_alive(self) -> None:
-        dead = [p for p in self.procs if p.process is not None and p.process.poll() is not None]
-        if dead:
-            names = ", ".join(f"{p.name} (exit {p.process.returncode})" for p in dead if p.process)
-            raise RuntimeError(f"process exited: {names}")
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        deadline = time.monotonic() + 10
-        for proc in self.procs:
-            proc.reap(deadline)
-
-    def count_in_logs(self, needle: str) -> int:
-        total = 0
-        for proc in self.procs:
-            try:
-                text = proc.log_path.read_text(errors="replace")
-            except FileNotFoundError:
-                continue
-            total += text.count(needle)
-        return total
-
-    def logs(self) -> str:
-        return "\n".join(f"==== {p.name} ({p.log_path})\n{p.tail()}" for p in self.procs)
-
-
-def write_genesis(
-    root: Path, keys: list[SigningKey], chain_id: str, genesis_time: int, grant: int
-) -> Genesis:
-    """``root/genesis.json`` and ``root/node-i/`` with validator i's key and the genesis."""
-    genesis = Genesis(
-        chain_id=chain_id,
-        genesis_time=genesis_time,
-        validators=tuple(
-            Validator(bytes(k.verify_key), 10, f"node-{i}") for i, k in enumerate(keys, 1)
-        ),
-        initial_grant=grant,
-    )
-    root.mkdir(parents=True, exist_ok=True)
-    genesis.save(root / GENESIS_FILE)
-    for i, key in enumerate(keys, 1):
-        directory = root / f"node-{i}"
-        directory.mkdir(parents=True, exist_ok=True)
-        save_node_key(directory, key)
-        genesis.save(directory / GENESIS_FILE)
-    return genesis
-
-
-async def try_call(data_dir: Path, method: str, **params: Any) -> Any:
-    try:
-        async with open_control_client(data_dir, connect_timeout=2.0) as client:
-            return await client.call(method, **params)
-    except (ControlUnavailable, OSError):
-        return None
-
-
-async def wait_for(
-    net: Network, predicate: Callable[[], Awaitable[bool]], limit: float, what: str
-) -> float:
-    start = time.monotonic()
-    while not await predicate():
-        net.check_alive()
-        if time.monotonic() - start > limit:
-            raise RuntimeError(f"timed out after {limit:.0f} s waiting for {what}")
-        await trio.sleep(0.2)
-    return time.monotonic() - start
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -329,7 +157,7 @@ async def _final(client: ControlClient, record: bytes) -> tuple[int | None, int]
     return done["height"], retries
 
 
-async def _load(net: Network, dirs: list[Path], accounts: int, seconds: float) -> LoadResult:
+async def _load(net: Cluster, dirs: list[Path], accounts: int, seconds: float) -> LoadResult:
     chain_id = (await try_call(dirs[0], "status"))["chain_id"]
     rng = random.Random(11)
     keys = [SigningKey(rng.randbytes(32)) for _ in range(accounts)]
@@ -371,7 +199,13 @@ async def _load(net: Network, dirs: list[Path], accounts: int, seconds: float) -
             heights = [int((await c.call("status"))["height"]) for c in clients]
             return min(heights) >= target
 
-        await wait_for(net, caught_up, 30, "every node to commit the registrations")
+        await wait_for(
+            caught_up,
+            30,
+            "every node to commit the registrations",
+            poll=POLL,
+            check=net.check_alive,
+        )
 
         start_status = await c1.call("status")
         start = time.monotonic()
@@ -424,10 +258,10 @@ async def _load(net: Network, dirs: list[Path], accounts: int, seconds: float) -
     )
 
 
-async def _watch_bans(net: Network) -> None:
+async def _watch_bans(c: Cluster) -> None:
     """Fail fast once a validator bans another: the chain halts, calls would only time out."""
     while True:
-        if net.count_in_logs(BAN_LOG):
+        if c.count_in_logs(BAN_LOG):
             raise RuntimeError("a validator banned another")
         await trio.sleep(0.5)
 
@@ -435,36 +269,38 @@ async def _watch_bans(net: Network) -> None:
 async def _finality_bench(root: Path, accounts: int, seconds: float) -> LoadResult:
     rng = random.Random(3)
     keys = [SigningKey(rng.randbytes(32)) for _ in range(VALIDATORS)]
-    write_genesis(root, keys, "bench-load", int(time.time()), 1000)
-    net = Network(root)
+    genesis = write_network(root, VALIDATORS, chain_id="bench-load", keys=keys)
+    c = Cluster(root, VALIDATORS, existing=genesis)
+    dirs = [c.data_dir(i) for i in range(1, VALIDATORS + 1)]
     try:
-        net.start_bootstrap()
-        dirs = [net.start_node(f"node-{i}") for i in range(1, VALIDATORS + 1)]
+        c.start()
         with trio.fail_after(seconds + 150):
 
             async def linked() -> bool:
                 statuses = [await try_call(d, "status") for d in dirs]
                 return all(s and s["peers"] >= VALIDATORS - 1 for s in statuses)
 
-            took = await wait_for(net, linked, 60, "the validators to link up")
+            took = await wait_for(
+                linked, 60, "the validators to link up", poll=POLL, check=c.check_alive
+            )
             print(f"  load: validators linked after {took:.1f} s", file=sys.stderr)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_watch_bans, net)
-                result = await _load(net, dirs, accounts, seconds)
+                nursery.start_soon(_watch_bans, c)
+                result = await _load(c, dirs, accounts, seconds)
                 nursery.cancel_scope.cancel()
-            net.check_alive()
-            result.penalties = net.count_in_logs(RATE_LOG)
-            if net.count_in_logs(BAN_LOG):
+            c.check_alive()
+            result.penalties = c.count_in_logs(RATE_LOG)
+            if c.count_in_logs(BAN_LOG):
                 raise RuntimeError("banned")  # the figures are of a partitioned network
             return result
     except Exception as exc:
-        print(net.logs(), file=sys.stderr)
-        bans = net.count_in_logs(BAN_LOG)
+        print(c.logs(), file=sys.stderr)
+        bans = c.count_in_logs(BAN_LOG)
         if bans:
-            raise PeersBanned(bans, net.count_in_logs(RATE_LOG), repr(exc)) from exc
+            raise PeersBanned(bans, c.count_in_logs(RATE_LOG), repr(exc)) from exc
         raise
     finally:
-        net.stop()
+        c.stop()
 
 
 # ---- 2. sync ----
@@ -475,8 +311,13 @@ def build_chain(root: Path, blocks: int) -> Genesis:
     node-1's ledger database (copied to the other validators)."""
     rng = random.Random(5)
     keys = [SigningKey(rng.randbytes(32)) for _ in range(VALIDATORS)]
-    genesis = write_genesis(
-        root, keys, "bench-sync", int(time.time()) - blocks - 1000, grant=1_000_000
+    genesis = write_network(
+        root,
+        VALIDATORS,
+        chain_id="bench-sync",
+        grant=1_000_000,
+        keys=keys,
+        genesis_time=int(time.time()) - blocks - 1000,
     )
     chain = genesis.chain_id
     users = [SigningKey(rng.randbytes(32)) for _ in range(USERS)]
@@ -535,11 +376,11 @@ class SyncResult:
     first_height: int
 
 
-async def _sync_bench(root: Path, blocks: int) -> SyncResult:
-    net = Network(root)
+async def _sync_bench(root: Path, genesis: Genesis, blocks: int) -> SyncResult:
+    c = Cluster(root, VALIDATORS, existing=genesis)
+    dirs = [c.data_dir(i) for i in range(1, VALIDATORS + 1)]
     try:
-        net.start_bootstrap()
-        dirs = [net.start_node(f"node-{i}") for i in range(1, VALIDATORS + 1)]
+        c.start()
         with trio.fail_after(180):
 
             async def ready() -> bool:
@@ -548,11 +389,19 @@ async def _sync_bench(root: Path, blocks: int) -> SyncResult:
                     s and s["peers"] >= VALIDATORS - 1 and s["height"] >= blocks for s in statuses
                 )
 
-            took = await wait_for(net, ready, 60, "the validators to load the chain and link")
+            took = await wait_for(
+                ready,
+                60,
+                "the validators to load the chain and link",
+                poll=POLL,
+                check=c.check_alive,
+            )
             print(f"  sync: validators up after {took:.1f} s", file=sys.stderr)
+            observer_proc = c.add_observer("observer")
+            observer = c.root / "observer"
             started = time.monotonic()
-            observer = net.start_node("observer")
-            proc = net.procs[-1].process
+            observer_proc.start()
+            proc = observer_proc.process
             assert proc is not None
             first: tuple[float, int] | None = None
             height = 0
@@ -569,7 +418,7 @@ async def _sync_bench(root: Path, blocks: int) -> SyncResult:
                                 await trio.sleep(0.05)
                 except (ControlUnavailable, OSError):  # not up yet
                     await trio.sleep(0.05)
-                net.check_alive()
+                c.check_alive()
                 if time.monotonic() - started > 150:
                     raise RuntimeError(f"observer at height {height} of {blocks} after 150 s")
             assert first is not None
@@ -587,10 +436,10 @@ async def _sync_bench(root: Path, blocks: int) -> SyncResult:
                 first_height=first[1],
             )
     except BaseException:
-        print(net.logs(), file=sys.stderr)
+        print(c.logs(), file=sys.stderr)
         raise
     finally:
-        net.stop()
+        c.stop()
 
 
 # ---- rows ----
@@ -665,12 +514,12 @@ def load_rows(root: Path, accounts: int, seconds: float) -> list[dict[str, Any]]
 
 def sync_rows(root: Path, blocks: int) -> list[dict[str, Any]]:
     t = time.monotonic()
-    build_chain(root, blocks)
+    genesis = build_chain(root, blocks)
     print(f"  sync: built {blocks} blocks in {time.monotonic() - t:.0f} s", file=sys.stderr)
     verify_s, verified = verify_seconds(root)
     if verified != blocks:
         raise RuntimeError(f"verify_chain saw {verified} blocks, built {blocks}")
-    sync = trio.run(_sync_bench, root, blocks)
+    sync = trio.run(_sync_bench, root, genesis, blocks)
     verify_rate = blocks / verify_s
     return [
         _row(
@@ -723,7 +572,6 @@ def main() -> None:
     import logging
 
     logging.basicConfig(level=logging.ERROR)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from bench.report import print_rows
 
     rows = run(args.load_seconds, args.accounts, args.blocks, args.keep, args.only)

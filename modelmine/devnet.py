@@ -13,35 +13,53 @@ devnet again on an existing DIR restarts the same network.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, TYPE_CHECKING, Final
 
 import trio
 
 from modelmine.genesis import GENESIS_FILE, Genesis, make_genesis
 from modelmine.identity import load_or_create_node_key, save_node_key
 
+if TYPE_CHECKING:
+    from nacl.signing import SigningKey
+
 STOP_TIMEOUT: Final = 10.0
 
 
 def write_network(
-    out: Path, validators: int, *, chain_id: str | None = None, grant: int = 1000
+    out: Path,
+    validators: int,
+    *,
+    chain_id: str | None = None,
+    grant: int = 1000,
+    keys: Sequence[SigningKey] | None = None,
+    genesis_time: int | None = None,
 ) -> Genesis:
-    """``out/genesis.json`` plus ``out/node-i/`` with each validator's key and the genesis."""
+    """``out/genesis.json`` plus ``out/node-i/`` with each validator's key and the genesis.
+
+    ``keys``: the validators' keys (new ones by default); ``genesis_time``: now by default."""
     if (out / GENESIS_FILE).exists():
         raise FileExistsError(f"{out / GENESIS_FILE} already exists; choose another --out")
     from nacl.signing import SigningKey
 
-    keys = [SigningKey.generate() for _ in range(validators)]
+    if keys is None:
+        keys = [SigningKey.generate() for _ in range(validators)]
+    if len(keys) != validators:
+        raise ValueError(f"{len(keys)} keys for {validators} validators")
     genesis = make_genesis(
         [(bytes(k.verify_key), f"node-{i}") for i, k in enumerate(keys, 1)],
         chain_id=chain_id,
         initial_grant=grant,
     )
+    if genesis_time is not None:
+        genesis = dataclasses.replace(genesis, genesis_time=genesis_time)
     genesis.save(out / GENESIS_FILE)
     for i, key in enumerate(keys, 1):
         node_dir = out / f"node-{i}"

@@ -1,4 +1,11 @@
-"""Real node processes on loopback for integration tests: start, query, kill -9, restart."""
+"""Real node processes on loopback: start, query, kill -9, restart.
+
+The one process harness of the repository: the integration tests, the TUI's live tests, the
+network benchmarks (bench/bench_jobs.py, bench/bench_ledger_network.py) and
+tools/kill_campaign.py all start their bootstrap server and nodes with :class:`Cluster` and
+talk to them with :func:`call`, :func:`try_call` and :func:`wait_for`. Nothing here needs
+pytest.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +27,12 @@ from nacl.signing import SigningKey
 
 from modelmine.control_client import ControlUnavailable, open_control_client
 from modelmine.devnet import write_network
-from modelmine.genesis import Genesis
+from modelmine.genesis import GENESIS_FILE, Genesis
 from modelmine.p2p.handshake import Handshake, Session
+
+STOP_TIMEOUT = 10.0  # seconds from SIGTERM to SIGKILL
+LOG_TAIL = 4000  # characters of each log that Cluster.logs() shows
+_PY = (sys.executable, "-m", "modelmine", "--log-level", "INFO")
 
 
 def free_port() -> int:
@@ -31,7 +42,8 @@ def free_port() -> int:
         return port
 
 
-def _env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
+    """The environment of every process started here: one BLAS thread, unbuffered output."""
     env = dict(os.environ)
     env["OPENBLAS_NUM_THREADS"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
@@ -46,25 +58,39 @@ class Proc:
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env()
-        )
-        log.close()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=child_env(),
+            )
 
     def kill9(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=10)
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """SIGTERM, without waiting: :meth:`reap` waits."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+
+    def reap(self, deadline: float) -> None:
+        """Wait for the process to exit until ``deadline`` (monotonic), then SIGKILL it."""
+        if self.process is None:
+            return
+        try:
+            self.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        self.terminate()
+        self.reap(time.monotonic() + STOP_TIMEOUT)
 
     @property
     def alive(self) -> bool:
@@ -79,6 +105,10 @@ class Proc:
 
 @dataclass
 class Cluster:
+    """A bootstrap server and ``n`` validator nodes of one genesis, laid out under ``root``:
+    ``root/genesis.json``, ``root/bootstrap.log`` and ``root/node-i/`` (key, genesis copy,
+    databases, ``node.log``). Nothing runs before :meth:`start`."""
+
     root: Path
     n: int
     node_args: dict[int, list[str]] = field(default_factory=dict)
@@ -93,73 +123,73 @@ class Cluster:
     # ``ip netns exec NAME``).
     hosts: dict[str, str] = field(default_factory=dict)
     prefix: dict[str, list[str]] = field(default_factory=dict)
+    # The chain id of the genesis written for a new network.
+    chain_id: str = "test-net"
+    # A network the caller has already written to ``root`` (genesis.json and node-i/ with
+    # each validator's key, as ``write_network`` lays it out), for a custom genesis or a
+    # prebuilt chain; by default a new one of ``n`` validators is written.
+    existing: InitVar[Genesis | None] = None
 
-    def __post_init__(self) -> None:
-        self.genesis = write_network(self.root, self.n, chain_id="test-net")
+    def __post_init__(self, existing: Genesis | None) -> None:
+        if existing is None:
+            existing = write_network(self.root, self.n, chain_id=self.chain_id)
+        if len(existing.validators) != self.n:
+            raise ValueError(f"the genesis has {len(existing.validators)} validators, not {self.n}")
+        self.genesis = existing
         boot_port = free_port()
         self.bootstrap_url = f"ws://{self.host('bootstrap')}:{boot_port}"
-        py = [sys.executable, "-m", "modelmine", "--log-level", "INFO"]
         self.bootstrap = Proc(
             "bootstrap",
             [
                 *self.prefix.get("bootstrap", []),
-                *py,
+                *_PY,
                 "bootstrap",
                 "--listen",
                 f"{self.host('bootstrap')}:{boot_port}",
                 "--genesis",
-                str(self.root / "genesis.json"),
+                str(self.root / GENESIS_FILE),
             ],
             self.root / "bootstrap.log",
         )
         self.ports = [free_port() for _ in range(self.n)]
         self.nodes = [
-            Proc(
+            self._node(
                 f"node-{i}",
-                [
-                    *self.prefix.get(f"node-{i}", []),
-                    *py,
-                    "node",
-                    "--data-dir",
-                    str(self.data_dir(i)),
-                    "--name",
-                    f"node-{i}",
-                    "--listen",
-                    f"{self.host(f'node-{i}')}:{self.ports[i - 1]}",
-                    "--bootstrap",
-                    self.bootstrap_url,
-                    "--genesis",
-                    str(self.root / "genesis.json"),
-                    *self.node_args.get(i, []),
-                ],
-                self.data_dir(i) / "node.log",
+                self.data_dir(i),
+                f"{self.host(f'node-{i}')}:{self.ports[i - 1]}",
+                self.prefix.get(f"node-{i}", []),
+                self.node_args.get(i, []),
             )
             for i in range(1, self.n + 1)
         ]
 
-    def add_observer(self, name: str) -> Proc:
-        """A node that is not a validator: it follows the chain and syncs it."""
-        py = [sys.executable, "-m", "modelmine", "--log-level", "INFO"]
+    def _node(
+        self, name: str, directory: Path, listen: str, prefix: list[str], args: list[str]
+    ) -> Proc:
+        argv = [
+            *prefix,
+            *_PY,
+            "node",
+            "--data-dir",
+            str(directory),
+            "--name",
+            name,
+            "--listen",
+            listen,
+            "--bootstrap",
+            self.bootstrap_url,
+            "--genesis",
+            str(self.root / GENESIS_FILE),
+            *args,
+        ]
+        return Proc(name, argv, directory / "node.log")
+
+    def add_observer(self, name: str, args: list[str] | tuple[str, ...] = ()) -> Proc:
+        """A node that is not a validator, in ``root/name``: it follows the chain and syncs
+        it. Not started yet; :meth:`stop` stops it."""
         directory = self.root / name
         directory.mkdir(parents=True, exist_ok=True)
-        proc = Proc(
-            name,
-            [
-                *py,
-                "node",
-                "--data-dir",
-                str(directory),
-                "--name",
-                name,
-                "--listen",
-                f"127.0.0.1:{free_port()}",
-                "--bootstrap",
-                self.bootstrap_url,
-                "--genesis",
-                str(self.root / "genesis.json"),
-            ],
-            directory / "node.log",
-        )
+        proc = self._node(name, directory, f"127.0.0.1:{free_port()}", [], list(args))
         self.extra.append(proc)
         return proc
 
@@ -180,13 +210,36 @@ class Cluster:
         for node in self.nodes:
             node.start()
 
-    def stop(self) -> None:
-        for proc in [*self.nodes, *self.extra, self.bootstrap]:
-            proc.stop()
+    @property
+    def procs(self) -> list[Proc]:
+        return [self.bootstrap, *self.nodes, *self.extra]
 
-    def logs(self) -> str:
-        procs = [self.bootstrap, *self.nodes, *self.extra]
-        return "\n".join(f"==== {p.name}\n{p.log()[-4000:]}" for p in procs)
+    def check_alive(self) -> None:
+        """Raise if a started process has exited (one that was stopped or killed on purpose
+        counts too: call this only while all of them should run)."""
+        dead = [p for p in self.procs if p.process is not None and p.process.poll() is not None]
+        if dead:
+            names = ", ".join(f"{p.name} (exit {p.process.returncode})" for p in dead if p.process)
+            raise RuntimeError(f"process exited: {names}")
+
+    def stop(self) -> None:
+        """SIGTERM to every process at once; SIGKILL to any still running STOP_TIMEOUT s later."""
+        procs = [*self.nodes, *self.extra, self.bootstrap]
+        for proc in procs:
+            proc.terminate()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for proc in procs:
+            proc.reap(deadline)
+
+    def logs(self, tail: int = LOG_TAIL) -> str:
+        """The last ``tail`` characters of every process's log, each under its name."""
+        return "\n".join(
+            f"==== {p.name} ({p.log_path})\n{p.log()[-tail:] or '(no log)'}" for p in self.procs
+        )
+
+    def count_in_logs(self, needle: str) -> int:
+        """How often ``needle`` stands in the logs of all the processes."""
+        return sum(p.log().count(needle) for p in self.procs)
 
 
 async def call(data_dir: Path, method: str, **params: Any) -> Any:
@@ -202,13 +255,21 @@ async def try_call(data_dir: Path, method: str, **params: Any) -> Any:
 
 
 async def wait_for(
-    predicate: Callable[[], Awaitable[bool]], limit: float, what: str, poll: float = 0.5
+    predicate: Callable[[], Awaitable[bool]],
+    limit: float,
+    what: str,
+    poll: float = 0.5,
+    check: Callable[[], None] | None = None,
 ) -> float:
-    """Poll ``predicate`` until true; returns the seconds it took, or fails naming ``what``."""
+    """Poll ``predicate`` until true; returns the seconds it took, or fails naming ``what``.
+
+    ``check`` runs between polls and may raise to give up early (``Cluster.check_alive``)."""
     start = time.monotonic()
     while True:
         if await predicate():
             return time.monotonic() - start
+        if check is not None:
+            check()
         if time.monotonic() - start > limit:
             raise AssertionError(f"timed out after {limit} s waiting for {what}")
         await trio.sleep(poll)
