@@ -88,8 +88,12 @@ def plot_lines(
         ys = [p[1] for p in points]
         lo = min(ys) if y_min is None else y_min
         hi = max(ys) if y_max is None else y_max
-        if hi <= lo:
-            hi = lo + (abs(lo) or 1.0)
+        if hi <= lo:  # a level line: centre it in a narrow band around its value
+            level, pad = lo, abs(lo) * 0.01 or 0.5
+            hi = level + pad if y_max is None else hi
+            lo = level - pad if y_min is None else lo
+            if hi <= lo:
+                hi = lo + pad
         x_lo, x_hi = min(xs), max(xs)
         x_span = (x_hi - x_lo) or 1.0
         cols, rows = plot_w * 2, plot_h * 4

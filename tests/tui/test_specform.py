@@ -116,6 +116,15 @@ def test_line_chart_draws_every_series_inside_its_box() -> None:
     assert "waiting for data" in "".join(t.plain for t in plot_lines([], 40, 8))
 
 
+def test_a_level_line_sits_in_a_narrow_band_around_its_value() -> None:
+    flat = Series("acc", "green", [(float(x), 98.4) for x in range(10)])
+    lines = plot_lines([flat], 40, 12)
+    top, bottom = float(lines[0].plain.split("┤")[0]), float(lines[9].plain.split("┤")[0])
+    assert bottom < 98.4 < top and top - bottom < 3  # not 98.4 .. 196.8
+    plot = [line.plain.split("┤")[-1].split("│")[-1] for line in lines[:10]]
+    assert any(c != " " for c in plot[4] + plot[5])  # drawn across the middle
+
+
 def test_bar_chart_scales_to_the_largest_value() -> None:
     lines = [t.plain for t in plot_bars([("a", 100), ("b", 50), ("c", 0)], 30, 5)]
     assert abs(lines[0].count("█") - 2 * lines[1].count("█")) <= 1
