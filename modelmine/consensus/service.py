@@ -31,6 +31,7 @@ from nacl.signing import SigningKey
 
 from modelmine import wire
 from modelmine.consensus.application import Application
+from modelmine.consensus.early import EarlyRecords
 from modelmine.consensus.signstate import SignState
 from modelmine.consensus.tendermint import (
     Action,
@@ -62,6 +63,8 @@ RECORDS_TOPIC: Final = "records"
 SYNC_EVERY: Final = 3.0
 SYNC_BATCH: Final = 64
 MAX_WRAPPED: Final = 3 * 1024 * 1024
+EARLY_RECORDS: Final = 256  # gossiped records kept in case they are only early (early.py)
+EARLY_TTL: Final = 30.0
 INCLUDED_MEMORY: Final = 100_000
 
 
@@ -132,6 +135,7 @@ class ChainService:
         self._committing = False
         self._included: OrderedDict[bytes, int] = OrderedDict()
         self._waiters: dict[bytes, trio.Event] = {}
+        self._early = EarlyRecords(EARLY_RECORDS, EARLY_TTL)
         self._rng = random.Random()
         host.overlay.register_topic(CONSENSUS_TOPIC, self._check_consensus)
         host.overlay.register_topic(RECORDS_TOPIC, self._check_record)
@@ -210,7 +214,10 @@ class ChainService:
         return Verdict.ACCEPT
 
     def _check_record(self, statement: Signed, now: float) -> Verdict:
-        return Verdict.ACCEPT if self.app.check_record(statement.raw) is None else Verdict.IGNORE
+        if self.app.check_record(statement.raw) is None:
+            return Verdict.ACCEPT
+        self._early.keep(statement.raw, time.monotonic())  # not forwarded; maybe only early
+        return Verdict.IGNORE
 
     def deliver(self, delivery: Deliver) -> None:
         """Called by the node for every accepted statement on our topics."""
@@ -303,6 +310,9 @@ class ChainService:
         if self.on_block is not None:
             self.on_block(block, commit)
         self._apply(self.core.next_height(time.time()))
+        early = self._early.take_valid(self.app.check_record, time.monotonic())
+        if early:
+            self._apply(self.core.add_pending(early, time.time()))
         # next_height dropped the pending records that no longer apply: release their waiters.
         for record_id in [r for r in self._waiters if r not in self.core.pending]:
             self._waiters.pop(record_id).set()
