@@ -74,6 +74,10 @@ DIRECT_KINDS: Final = frozenset(
     {"ping", "ack", "nack", "preq", "sync", "syncd", "syncw", "syncp", "msg", "sub", "unsub"}
     | {"req", "resp"}
 )
+FRAME_KINDS: Final = (
+    DIRECT_KINDS | {"ihave", "iwant", "gossip", "prune", "hello", "getpeers"} | {"peers"}
+)
+MAX_ANSWERED: Final = 256  # ids remembered per link as already sent in answer to an iwant
 
 
 class Verdict(enum.Enum):
@@ -99,6 +103,16 @@ class OverlayConfig:
     frame_burst: float = 400.0
     ban_seconds: float = 600.0
     ban_score: float = -100.0
+    max_bans: int = 16_384  # banned node ids remembered; the oldest ban goes first
+    # Useless items a link may send: a statement pushed again after we pruned the link, an
+    # iwant for a statement we do not hold or already sent it. Honest peers send a few (races,
+    # lost prunes, expired caches); beyond the budget each costs waste_penalty.
+    waste_per_second: float = 20.0
+    waste_burst: float = 200.0
+    waste_penalty: float = 5.0
+    iwant_answers_per_second: float = 200.0  # statements sent per link in answer to iwant
+    iwant_answer_burst: float = 1000.0
+    prune_resend: float = 1.0  # a prune is repeated on a lazy link at most this often
     peer_exchange_max: int = 32
     dial_backoff_min: float = 1.0
     dial_backoff_max: float = 60.0
@@ -257,7 +271,14 @@ class _Link:
     refilled: float
     score: float = 0.0
     eager: bool = True  # lazy push: pushed whole (eager) or announced by id (lazy)
-    promised: int = 0  # announced ids we are waiting for, first heard of from this link
+    promised: set[bytes] = field(default_factory=set)  # announced ids we wait for, first
+    # heard of from this link (dropped with the link, so a banned spammer's ids go with it)
+    waste: float = 0.0  # budget of useless items (see OverlayConfig.waste_per_second)
+    wasted_at: float = 0.0
+    answers: float = 0.0  # budget of statements sent in answer to iwant
+    answered_at: float = 0.0
+    pruned_at: float = -math.inf
+    answered: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
 
 
 @dataclass(slots=True)
@@ -293,6 +314,18 @@ class OverlayStatistics:
     payloads: int = 0  # broadcast payload copies received (first + duplicates)
     frames: int = 0  # frames handled, of every kind
     strays: int = 0  # followed-topic statements received after we stopped following
+    # sizes of the bounded tables, for operators and tests (caps in OverlayConfig)
+    message_cache: int = 0  # statements kept to answer iwant
+    missing: int = 0  # announced statements we wait for
+    missing_timers: int = 0
+    announcing: int = 0  # statements waiting to be announced to lazy links
+    pulled: int = 0
+    followers: int = 0
+    datagram_sources: int = 0
+    member_statements: int = 0
+    peer_records: int = 0
+    wasted: int = 0  # useless items received (duplicates after a prune, useless iwants)
+    iwant_answers: int = 0  # statements sent in answer to iwant
 
 
 @dataclass
@@ -352,6 +385,8 @@ class Overlay:
         self.frame_kinds: dict[str, int] = {}  # frames handled, by type
         self._wake_hint = math.inf
         self._strays = 0  # followed-topic statements that came after we stopped following
+        self._wasted = 0
+        self._iwant_answers = 0
 
     # ---- configuration by the driver ----
 
@@ -386,7 +421,26 @@ class Overlay:
         return self._self_record
 
     def ban(self, node_id: bytes, until: float) -> None:
-        self._banned[node_id] = until
+        banned = self._banned
+        banned.pop(node_id, None)
+        banned[node_id] = until
+        while len(banned) > self.config.max_bans:
+            # Bans all last ban_seconds, so the first inserted is about the first to end.
+            del banned[next(iter(banned))]
+
+    def bans(self, now: float) -> dict[bytes, float]:
+        """Node ids banned now, with the time their ban ends."""
+        return {peer: until for peer, until in self._banned.items() if until > now}
+
+    def announced_pending(self, peer: bytes) -> int:
+        """Statements ``peer`` announced first that we still wait for (at most
+        ``max_missing_per_peer``)."""
+        link = self._links.get(peer)
+        return len(link.promised) if link is not None else 0
+
+    def scores(self) -> dict[bytes, float]:
+        """The score of each linked peer (0 is clean; at ban_score it is banned)."""
+        return {peer: link.score for peer, link in self._links.items()}
 
     def add_known(self, node_id: bytes, address: str, name: str = "") -> list[Action]:
         """Remember a dialable peer (from the peer store, bootstrap or peer exchange)."""
@@ -489,7 +543,16 @@ class Overlay:
         if not initiator and len(self._links) >= self.config.max_degree:
             # Tell it about others before turning it away, so it can find room elsewhere.
             return [Send(peer, self._peers_frame(exclude=peer)), Disconnect(peer, "too many peers")]
-        self._links[peer] = _Link(initiator, self.config.frame_burst, now)
+        cfg = self.config
+        self._links[peer] = _Link(
+            initiator,
+            cfg.frame_burst,
+            now,
+            waste=cfg.waste_burst,
+            wasted_at=now,
+            answers=cfg.iwant_answer_burst,
+            answered_at=now,
+        )
         known = self._known.get(peer)
         if known is not None:
             known.failures, known.retry_at = 0, 0.0
@@ -504,7 +567,7 @@ class Overlay:
         return actions + self._from_members([], now)
 
     def on_link_down(self, peer: bytes, now: float) -> list[Action]:
-        if self._links.pop(peer, None) is None:
+        if self._drop_link(peer) is None:
             return []
         self._next_dial = min(self._next_dial, now)
         self._hint(now)
@@ -559,6 +622,8 @@ class Overlay:
             kind = msg.get("t")
             if type(kind) is not str:
                 raise wire.WireError("frame: missing type")
+            if kind not in FRAME_KINDS:  # counted below by kind: only kinds we know
+                raise wire.WireError(f"unknown frame type {kind[:32]!r}")
             if link is None and kind not in DIRECT_KINDS:
                 return []
             kinds = self.frame_kinds
@@ -588,7 +653,7 @@ class Overlay:
         if kind == "gossip" and link is not None:
             return self._on_gossip(peer, link, msg, now)
         if kind == "iwant" and link is not None:
-            return self._on_iwant(peer, link, msg)
+            return self._on_iwant(peer, link, msg, now)
         if kind == "prune" and link is not None:
             link.eager = False
             return []
@@ -696,12 +761,20 @@ class Overlay:
             has = self._announce.get(message_id)
             if has is not None:
                 has.add(peer)
-            if message_id not in self._pulled:
-                # Pushed to us along two paths: a cycle in the tree; drop this edge. A push
-                # on a link we already made lazy means our prune was lost: say it again.
+            if message_id in self._pulled:
+                return []  # we asked for it, and another copy was faster
+            if link.eager:
+                # Pushed to us along two paths: a cycle in the tree; drop this edge.
                 link.eager = False
+                link.pruned_at = now
                 return [Send(peer, _PRUNE)]
-            return []
+            # A push on a link we already made lazy: a push that crossed our prune, our prune
+            # was lost (say it again, not for every copy), or a peer repeating itself.
+            actions: list[Action] = []
+            if now - link.pruned_at >= self.config.prune_resend:
+                link.pruned_at = now
+                actions.append(Send(peer, _PRUNE))
+            return actions + self._waste(peer, link, 1, "statements pushed again", now)
         self._remember(message_id, now)
         missing = self._missing.get(message_id)
         holders = missing.announcers if missing is not None else None
@@ -727,8 +800,10 @@ class Overlay:
         if topic == HEARTBEAT_TOPIC:  # membership spreads heartbeats itself (piggybacked)
             return self._from_members(self._observe_heartbeat(statement, now), now)
         self._delivered += 1
-        actions: list[Action] = [Deliver(topic, statement, peer)]
-        return actions + self._push(message_id, topic, data, peer, now, holders)
+        return [
+            Deliver(topic, statement, peer),
+            *self._push(message_id, topic, data, peer, now, holders),
+        ]
 
     def _push(
         self,
@@ -805,31 +880,59 @@ class Overlay:
                 continue
             if len(self._missing) >= cfg.max_missing:
                 continue
-            if link.promised >= cfg.max_missing_per_peer:
+            if len(link.promised) >= cfg.max_missing_per_peer:
                 return self._penalize(peer, 10, "announced too many statements at once", now)
-            link.promised += 1
+            link.promised.add(message_id)
             due = now + cfg.graft_timeout
             self._missing[message_id] = _Missing(peer, [peer], due)
             heapq.heappush(self._missing_due, (due, message_id))
             self._hint(due)
         return []
 
-    def _on_iwant(self, peer: bytes, link: _Link, msg: dict[str, Any]) -> list[Action]:
+    def _on_iwant(self, peer: bytes, link: _Link, msg: dict[str, Any], now: float) -> list[Action]:
+        """Answer with the statements we hold, each id once per frame, within the link's
+        answer budget. Ids we do not hold or sent this peer already are useless (waste)."""
         if msg.get("g") is True:
             link.eager = True  # graft: it wants pushes from us from now on
+        ids = _ids(msg, "iwant")
+        cfg = self.config
+        elapsed = now - link.answered_at
+        if elapsed > 0:
+            link.answers = min(
+                cfg.iwant_answer_burst, link.answers + elapsed * cfg.iwant_answers_per_second
+            )
+            link.answered_at = now
+        wanted = dict.fromkeys(ids)
+        useless = len(ids) - len(wanted)
+        answered = link.answered
         out: list[Action] = []
-        for message_id in _ids(msg, "iwant"):
+        for message_id in wanted:
             cached = self._cache.get(message_id)
-            if cached is not None:
-                out.append(Send(peer, cached[0]))
+            if cached is None:
+                useless += 1
+                continue
+            if message_id in answered:
+                useless += 1
+            if link.answers < 1.0:
+                continue  # over the budget: not answered (it can ask another announcer)
+            link.answers -= 1.0
+            answered[message_id] = None
+            if len(answered) > MAX_ANSWERED:
+                answered.popitem(last=False)
+            out.append(Send(peer, cached[0]))
+        self._iwant_answers += len(out)
+        if useless:
+            return out + self._waste(
+                peer, link, useless, "iwant for statements not held or sent", now
+            )
         return out
 
     def _resolve_missing(self, message_id: bytes) -> None:
         missing = self._missing.pop(message_id, None)
         if missing is not None:
             link = self._links.get(missing.first)
-            if link is not None and link.promised > 0:
-                link.promised -= 1
+            if link is not None:
+                link.promised.discard(message_id)
 
     def _ask_missing(self, now: float) -> list[Action]:
         heap = self._missing_due
@@ -851,9 +954,7 @@ class Overlay:
             missing.tries += 1
             missing.due = now + cfg.iwant_timeout
             heapq.heappush(heap, (missing.due, message_id))
-            wanted = asks.setdefault(peer, [])
-            if len(wanted) < MAX_IDS:
-                wanted.append(message_id)
+            asks.setdefault(peer, []).append(message_id)
         # Graft (make the link eager on both ends) only when our pushes stopped coming: too
         # few eager links, or several statements in a row had to be pulled. A statement
         # lost on the way is only pulled, so random loss does not add cycles to the tree.
@@ -863,7 +964,9 @@ class Overlay:
         for peer, ids in asks.items():
             if graft:
                 self._links[peer].eager = True
-            out.append(Send(peer, wire.encode({"g": graft, "ids": ids, "t": "iwant"})))
+            for i in range(0, len(ids), MAX_IDS):  # an ask counts as a try: send every one
+                frame = wire.encode({"g": graft, "ids": ids[i : i + MAX_IDS], "t": "iwant"})
+                out.append(Send(peer, frame))
         if graft:
             self._pulls_in_row = 0
         return out
@@ -1113,7 +1216,7 @@ class Overlay:
             return []
         spare = [p for p, link in self._links.items() if link.initiator and not link.eager]
         for peer in spare[:excess]:
-            del self._links[peer]
+            self._drop_link(peer)
         return [Disconnect(peer, "too many peers") for peer in spare[:excess]]
 
     def _hint(self, when: float) -> None:
@@ -1197,6 +1300,21 @@ class Overlay:
         link.tokens -= 1.0
         return True
 
+    def _waste(self, peer: bytes, link: _Link, items: int, what: str, now: float) -> list[Action]:
+        """``items`` useless items from ``peer``: free within its budget, then penalized."""
+        self._wasted += items
+        cfg = self.config
+        elapsed = now - link.wasted_at
+        if elapsed > 0:
+            link.waste = min(cfg.waste_burst, link.waste + elapsed * cfg.waste_per_second)
+            link.wasted_at = now
+        link.waste -= items
+        if link.waste >= 0.0:
+            return []
+        over = -link.waste
+        link.waste = 0.0
+        return self._penalize(peer, cfg.waste_penalty * over, f"{what} beyond its budget", now)
+
     def _penalize(self, peer: bytes, points: float, reason: str, now: float) -> list[Action]:
         link = self._links.get(peer)
         holder: _Link | _Source | None = link if link is not None else self._sources.get(peer)
@@ -1207,12 +1325,26 @@ class Overlay:
         if holder.score > self.config.ban_score:
             return []
         until = now + self.config.ban_seconds
-        self._banned[peer] = until
+        self.ban(peer, until)
         self._sources.pop(peer, None)
         if link is None:
             return []
-        self._links.pop(peer, None)
+        self._drop_link(peer)
         return [Disconnect(peer, f"banned: {reason}", banned_until=until)]
+
+    def _drop_link(self, peer: bytes) -> _Link | None:
+        """Forget a link, and the announcements only it made (nobody else will deliver them)."""
+        link = self._links.pop(peer, None)
+        if link is not None and link.promised:
+            missing = self._missing
+            for message_id in link.promised:
+                entry = missing.get(message_id)
+                if entry is not None:
+                    if peer in entry.announcers:
+                        entry.announcers.remove(peer)
+                    if not entry.announcers:
+                        del missing[message_id]  # its timer is skipped when it comes due
+        return link
 
     def _peers_frame(self, exclude: bytes) -> bytes:
         # Only records their owners signed are relayed; we keep the newest one per peer.
@@ -1239,6 +1371,17 @@ class Overlay:
             payloads=self._payloads,
             frames=self._frames,
             strays=self._strays,
+            message_cache=len(self._cache),
+            missing=len(self._missing),
+            missing_timers=len(self._missing_due),
+            announcing=len(self._announce),
+            pulled=len(self._pulled),
+            followers=sum(len(table) for table in self._followers.values()),
+            datagram_sources=len(self._sources),
+            member_statements=len(self._member_raw),
+            peer_records=len(self._record_raws),
+            wasted=self._wasted,
+            iwant_answers=self._iwant_answers,
         )
 
     def known_peers(self) -> Iterable[tuple[bytes, str, str]]:
