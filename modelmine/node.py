@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -19,6 +19,7 @@ from nacl.signing import SigningKey
 from modelmine import __version__, control
 from modelmine.consensus.service import CONSENSUS_TOPIC, RECORDS_TOPIC, ChainService
 from modelmine.consensus.types import Block, Commit
+from modelmine.control import InvalidParams
 from modelmine.genesis import GENESIS_FILE, Genesis, GenesisError, make_genesis
 from modelmine.identity import load_or_create_node_key, short_id
 from modelmine.jobs.api import JobsApi
@@ -28,6 +29,7 @@ from modelmine.jobs.worker import JobWorker
 from modelmine.ledger import DB_FILE, LedgerStore, StoreError
 from modelmine.ledger_api import LedgerApi, block_summary
 from modelmine.metrics import MetricsSampler
+from modelmine.p2p.admission import InboundLimits
 from modelmine.p2p.blobs import BlobService, BlobStore
 from modelmine.p2p.host import Host
 from modelmine.p2p.membership import HEARTBEAT_DOMAIN, Heartbeat, MemberChange, Status
@@ -58,6 +60,7 @@ class NodeConfig:
     maintenance: bool = False
     slots: int = DEFAULT_SLOTS
     advertise: str | None = None
+    limits: InboundLimits = field(default_factory=InboundLimits)
 
 
 def load_genesis(config: NodeConfig, key: SigningKey) -> Genesis:
@@ -115,6 +118,7 @@ class Node:
             on_deliver=self._on_deliver,
             on_members=self._on_members,
             advertise=config.advertise,
+            limits=config.limits,
         )
         try:
             self.store = LedgerStore.open(config.data_dir / DB_FILE, self.genesis)
@@ -266,6 +270,7 @@ class Node:
         self.control.register_topic("peers")
         self.control.register("status", self._status)
         self.control.register("peers", self._peers)
+        self.control.register("net.stats", self._net_stats)
         self.ledger_api.register(self.control)
         self.jobs_api.register(self.control)
 
@@ -301,6 +306,94 @@ class Node:
         members = [m for m in self.overlay.members if m.node_id != self.node_id]
         members.sort(key=lambda m: (m.heartbeat.name, m.node_id))
         return [self._peer_json(m) for m in members]
+
+    async def _net_stats(self, params: dict[str, Any]) -> dict[str, Any]:
+        peer_hex = params.get("peer")
+        peer: bytes | None = None
+        if peer_hex is not None:
+            try:
+                peer = bytes.fromhex(peer_hex)
+            except (TypeError, ValueError):
+                raise InvalidParams("peer: expected a node id in hex") from None
+        return self.net_stats(peer)
+
+    def net_stats(self, peer: bytes | None = None) -> dict[str, Any]:
+        """Links, connection counts, bans, scores and the sizes of the bounded tables next to
+        their caps: what an operator (or a test) checks while peers misbehave."""
+        now = trio.current_time()
+        o = self.overlay.statistics()
+        h = self.host.statistics()
+        cfg = self.overlay.config
+        limits = self.host.gate.limits
+        bans = self.overlay.bans(now)
+        wall = time.time()
+        out: dict[str, Any] = {
+            "links": h.links,
+            "inbound": h.inbound,
+            "half_open": h.half_open,
+            "refused_connections": h.refused_connections,
+            "limits": {
+                "max_inbound": limits.max_inbound,
+                "max_half_open": limits.max_half_open,
+                "max_inbound_per_address": limits.max_inbound_per_address,
+                "max_half_open_per_address": limits.max_half_open_per_address,
+                "max_links": cfg.max_degree,
+            },
+            "dropped_frames": h.dropped_frames,
+            "serving_requests": h.serving,
+            "banned": len(bans),
+            "scores": {p.hex(): round(score, 1) for p, score in self.overlay.scores().items()},
+            "tables": {
+                "seen_cache": o.seen_cache,
+                "message_cache": o.message_cache,
+                "missing": o.missing,
+                "missing_timers": o.missing_timers,
+                "announcing": o.announcing,
+                "pulled": o.pulled,
+                "followers": o.followers,
+                "datagram_sources": o.datagram_sources,
+                "member_statements": o.member_statements,
+                "peer_records": o.peer_records,
+                "known_peers": o.known_peers,
+                "members": o.members,
+                "bans": o.banned,
+            },
+            "caps": {
+                "seen_cache": cfg.seen_cache_size,
+                "message_cache": cfg.message_cache,
+                "missing": cfg.max_missing,
+                "missing_per_peer": cfg.max_missing_per_peer,
+                "pulled": cfg.message_cache,
+                "announcing": cfg.message_cache,
+                "datagram_sources": cfg.max_datagram_sources,
+                "member_statements": cfg.member_statement_cache,
+                "peer_records": cfg.member_statement_cache,
+                "known_peers": cfg.max_known_peers,
+                "members": self.overlay.members.config.max_members,
+                "bans": cfg.max_bans,
+            },
+            "counters": {
+                "frames": o.frames,
+                "payloads": o.payloads,
+                "delivered": o.delivered,
+                "duplicates": o.duplicates,
+                "rejected": o.rejected,
+                "wasted": o.wasted,
+                "iwant_answers": o.iwant_answers,
+                "sync_failures": self.chain.sync_failures,
+            },
+        }
+        if peer is not None:
+            until = bans.get(peer)
+            score = self.overlay.scores().get(peer)
+            out["peer"] = {
+                "node_id": peer.hex(),
+                "linked": self.host.is_linked(peer),
+                "score": None if score is None else round(score, 1),
+                "announced_pending": self.overlay.announced_pending(peer),
+                "banned_until": None if until is None else round(wall + until - now, 3),
+            }
+        return out
 
     def _peer_json(self, member: Any) -> dict[str, Any]:
         hb: Heartbeat = member.heartbeat

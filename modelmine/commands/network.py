@@ -20,6 +20,7 @@ from modelmine.commands.common import (
     print_json,
     print_table,
 )
+from modelmine.p2p.admission import InboundLimits
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,32 @@ def register(sub: Any) -> None:
     p.add_argument("--name", default="")
     p.add_argument("--maintenance", action="store_true", help="take no jobs")
     p.add_argument("--slots", type=int, default=1, help="jobs trained at once (default 1)")
+    limits = InboundLimits()
+    p.add_argument(
+        "--max-inbound",
+        type=int,
+        default=limits.max_inbound,
+        help=f"connections peers may hold open to this node at once (default {limits.max_inbound})",
+    )
+    p.add_argument(
+        "--max-half-open",
+        type=int,
+        default=limits.max_half_open,
+        help=f"of those, connections still in the handshake (default {limits.max_half_open})",
+    )
+    p.add_argument(
+        "--max-inbound-per-address",
+        type=int,
+        default=limits.max_inbound_per_address,
+        help="connections from one IPv4 address or IPv6 /64 "
+        f"(default {limits.max_inbound_per_address})",
+    )
+    p.add_argument(
+        "--max-half-open-per-address",
+        type=int,
+        default=limits.max_half_open_per_address,
+        help=f"handshakes under way from one address (default {limits.max_half_open_per_address})",
+    )
     p.set_defaults(func=cmd_node)
 
     p = sub.add_parser("devnet", help="bootstrap server + N nodes on loopback")
@@ -105,6 +132,14 @@ def cmd_node(args: argparse.Namespace) -> int:
             raise CommandError(f"--bootstrap/--advertise: {exc}") from None
     if not 1 <= args.slots <= 64:
         raise CommandError("--slots: must be 1..64")
+    for flag in (
+        "max_inbound",
+        "max_half_open",
+        "max_inbound_per_address",
+        "max_half_open_per_address",
+    ):
+        if getattr(args, flag) < 1:
+            raise CommandError(f"--{flag.replace('_', '-')}: must be at least 1")
     config = NodeConfig(
         data_dir=data_dir(args),
         listen_host=args.listen[0],
@@ -117,6 +152,12 @@ def cmd_node(args: argparse.Namespace) -> int:
         maintenance=args.maintenance,
         slots=args.slots,
         advertise=args.advertise,
+        limits=InboundLimits(
+            max_inbound=args.max_inbound,
+            max_half_open=args.max_half_open,
+            max_inbound_per_address=args.max_inbound_per_address,
+            max_half_open_per_address=args.max_half_open_per_address,
+        ),
     )
     if logging.getLogger().level > logging.INFO:
         logging.getLogger().setLevel(logging.INFO)

@@ -62,6 +62,14 @@ CONSENSUS_TOPIC: Final = "consensus"
 RECORDS_TOPIC: Final = "records"
 SYNC_EVERY: Final = 3.0
 SYNC_BATCH: Final = 64
+SYNC_PEERS: Final = 8  # linked peers asked for their head at once, each sync round
+STATUS_TIMEOUT: Final = 5.0
+BLOCKS_TIMEOUT: Final = 10.0
+# A peer that claimed a head above ours and then served no blocks (no answer in time, or an
+# error answer) loses this much score and is not asked again for SYNC_COOLDOWN seconds; one
+# that sends a bad or empty batch is banned (100).
+WITHHOLD_PENALTY: Final = 50.0
+SYNC_COOLDOWN: Final = 60.0
 MAX_WRAPPED: Final = 3 * 1024 * 1024
 EARLY_RECORDS: Final = 256  # gossiped records kept in case they are only early (early.py)
 EARLY_TTL: Final = 30.0
@@ -134,6 +142,8 @@ class ChainService:
         self._syncing = False
         self._committing = False
         self._included: OrderedDict[bytes, int] = OrderedDict()
+        self._sync_cooldown: dict[bytes, float] = {}  # peer -> not asked before (trio time)
+        self.sync_failures = 0  # peers that claimed blocks and did not serve them
         self._waiters: dict[bytes, trio.Event] = {}
         self._early = EarlyRecords(EARLY_RECORDS, EARLY_TTL)
         self._rng = random.Random()
@@ -209,6 +219,15 @@ class ChainService:
             raise wire.WireError(f"unknown consensus message kind {kind!r}")
         if height < self.core.height - 1:
             return Verdict.IGNORE  # long decided; nothing to learn, nothing to forward
+        # The inner signature too, before forwarding: a relay that forwards a forged vote or
+        # proposal pays for it (results are cached, so the core's own check is free).
+        try:
+            if kind == "vote":
+                vote.verify(self.validators, self.chain_id)
+            else:
+                proposal.verify(self.validators, self.chain_id)
+        except ConsensusError as exc:
+            raise wire.WireError(str(exc)) from None
         if height > self.core.height:
             self._sync_wake.set()  # the network is ahead of us
         return Verdict.ACCEPT
@@ -350,14 +369,24 @@ class ChainService:
             await self._sync_once()
 
     async def _sync_once(self) -> None:
-        peers = [p for p, _, _ in self.host.link_info()]
+        """Ask up to SYNC_PEERS linked peers for their head at once, then fetch from those
+        ahead of us, lowest claim first (ties in random order), until none is. A claimed head
+        is only a hint: every block is verified, a peer that exaggerates is asked last, and a
+        peer that claims more than it serves is penalized and left alone for SYNC_COOLDOWN,
+        so one withholder delays a sync by at most one request timeout."""
+        now = trio.current_time()
+        cooldown = self._sync_cooldown
+        for peer in [p for p, until in cooldown.items() if until <= now]:
+            del cooldown[peer]
+        peers = [p for p, _, _ in self.host.link_info() if p not in cooldown]
         self._rng.shuffle(peers)
-        for peer in peers[:3]:
-            try:
-                status = await self.host.request(peer, "chain.status", {}, within=5.0)
-                remote = wire.int_field(status, "height", 0, 2**62, "chain.status")
-            except (RequestFailed, wire.WireError):
-                continue
+        claims: dict[bytes, int] = {}
+        async with trio.open_nursery() as nursery:
+            for peer in peers[:SYNC_PEERS]:
+                nursery.start_soon(self._ask_status, peer, claims)
+        ahead = sorted((p for p in peers if p in claims), key=claims.__getitem__)
+        for peer in ahead:  # a stable sort of shuffled peers: random among equal claims
+            remote = claims[peer]
             if remote <= self.store.head()[0]:
                 continue
             self._syncing = True
@@ -366,11 +395,21 @@ class ChainService:
             finally:
                 self._syncing = False
 
+    async def _ask_status(self, peer: bytes, claims: dict[bytes, int]) -> None:
+        try:
+            status = await self.host.request(peer, "chain.status", {}, within=STATUS_TIMEOUT)
+            claims[peer] = wire.int_field(status, "height", 0, 2**62, "chain.status")
+        except (RequestFailed, wire.WireError):
+            pass
+
     async def _fetch_from(self, peer: bytes, remote: int) -> None:
         while (height := self.store.head()[0]) < remote:
             try:
                 reply = await self.host.request(
-                    peer, "chain.blocks", {"first": height + 1, "count": SYNC_BATCH}, within=10.0
+                    peer,
+                    "chain.blocks",
+                    {"first": height + 1, "count": SYNC_BATCH},
+                    within=BLOCKS_TIMEOUT,
                 )
                 blocks = wire.field(reply, "blocks", list, "chain.blocks")
                 commits = wire.field(reply, "commits", list, "chain.blocks")
@@ -400,13 +439,18 @@ class ChainService:
                     self._commit(decisions[0])
             except RequestFailed as exc:
                 log.info("sync from %s stopped: %s", peer.hex()[:8], exc)
+                if exc.why in ("timeout", "error"):
+                    # It said it had blocks up to `remote` and served none of them.
+                    self.sync_failures += 1
+                    self._sync_cooldown[peer] = trio.current_time() + SYNC_COOLDOWN
+                    self.host.penalize(
+                        peer, WITHHOLD_PENALTY, f"claimed height {remote} but did not serve it"
+                    )
                 return
             except (ConsensusError, wire.WireError) as exc:
                 log.warning("peer %s sent a bad block during sync: %s", peer.hex()[:8], exc)
-                self.host._apply(
-                    self.host.overlay.penalize(
-                        peer, 100, f"bad block in sync: {exc}", trio.current_time()
-                    )
-                )
+                self.sync_failures += 1
+                self._sync_cooldown[peer] = trio.current_time() + SYNC_COOLDOWN
+                self.host.penalize(peer, 100, f"bad block in sync: {exc}")
                 return
             await trio.lowlevel.checkpoint()

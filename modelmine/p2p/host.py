@@ -49,7 +49,14 @@ REQUEST_TIMEOUT: Final = 15.0
 
 
 class RequestFailed(Exception):
-    """A request to a peer got an error, no answer in time, or the peer was unreachable."""
+    """A request to a peer got an error, no answer in time, or the peer was unreachable.
+
+    ``why`` says which: "unreachable", "timeout", "busy" (the peer serves too many of our
+    requests already) or "error" (any other error answer)."""
+
+    def __init__(self, message: str, why: str = "error") -> None:
+        super().__init__(message)
+        self.why = why
 
 
 class RequestError(Exception):
@@ -95,6 +102,10 @@ class _LinkEntry:
 class HostStatistics:
     links: int
     dropped_frames: int
+    inbound: int = 0  # connections peers hold open to our listener (half-open included)
+    half_open: int = 0  # of which still in the handshake
+    refused_connections: int = 0  # turned away at accept by the inbound limits
+    serving: int = 0  # requests of peers being served now
 
 
 class Host:
@@ -113,8 +124,10 @@ class Host:
         on_members: Callable[[tuple[MemberChange, ...]], None] | None = None,
         rng: random.Random | None = None,
         advertise: str | None = None,
+        limits: transport.InboundLimits | None = None,
     ) -> None:
         self.advertise = advertise
+        self.gate = transport.ConnectionGate(limits)
         self.identity = identity
         self.node_id = bytes(identity.verify_key)
         self.network_id = network_id
@@ -147,7 +160,10 @@ class Host:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             serve = functools.partial(
-                transport.serve_peers, identity=self.identity, network_id=self.network_id
+                transport.serve_peers,
+                identity=self.identity,
+                network_id=self.network_id,
+                gate=self.gate,
             )
             port = await nursery.start(serve, self._serve_link, self.listen_host, self.listen_port)
             self.address = self.advertise or f"ws://{_advertised_host(self.listen_host)}:{port}"
@@ -191,7 +207,7 @@ class Host:
     ) -> dict[str, Any]:
         """Ask ``peer`` (dialing it if needed) and wait for its answer."""
         if not await self.wait_linked(peer, within):
-            raise RequestFailed(f"peer {peer.hex()[:8]} is not reachable")
+            raise RequestFailed(f"peer {peer.hex()[:8]} is not reachable", "unreachable")
         self._request_ids += 1
         key = (peer, self._request_ids)
         pending = self._pending[key] = _Pending()
@@ -202,9 +218,12 @@ class Host:
         finally:
             del self._pending[key]
         if not pending.done.is_set():
-            raise RequestFailed(f"no answer from {peer.hex()[:8]} to {kind} within {within} s")
+            raise RequestFailed(
+                f"no answer from {peer.hex()[:8]} to {kind} within {within} s", "timeout"
+            )
         if pending.error is not None or pending.body is None:
-            raise RequestFailed(f"{peer.hex()[:8]} answered {kind}: {pending.error}")
+            why = "busy" if pending.error == "busy" else "error"
+            raise RequestFailed(f"{peer.hex()[:8]} answered {kind}: {pending.error}", why)
         return pending.body
 
     async def _serve_request(self, request: Request) -> None:
@@ -224,11 +243,27 @@ class Host:
             log.exception("request %s from %s failed", request.kind, request.peer.hex()[:8])
             error = "internal error"
         finally:
-            self._serving[request.peer] -= 1
+            left = self._serving[request.peer] - 1
+            if left:
+                self._serving[request.peer] = left
+            else:
+                del self._serving[request.peer]  # one entry per peer served now, no more
         self._apply([Send(request.peer, response_frame(request.id, body, error))])
 
     def statistics(self) -> HostStatistics:
-        return HostStatistics(len(self._links), self._dropped)
+        gate = self.gate
+        return HostStatistics(
+            len(self._links),
+            self._dropped,
+            inbound=gate.inbound,
+            half_open=gate.half_open,
+            refused_connections=gate.refused,
+            serving=sum(self._serving.values()),
+        )
+
+    def penalize(self, peer: bytes, points: float, reason: str) -> None:
+        """For services above the overlay whose peers misbehave (see Overlay.penalize)."""
+        self._apply(self.overlay.penalize(peer, points, reason, trio.current_time()))
 
     def link_info(self) -> list[tuple[bytes, str, bool]]:
         return [(p, e.link.remote_address, e.link.initiator) for p, e in self._links.items()]
@@ -407,8 +442,8 @@ class Host:
         store = self.peerstore
         if peers:
             await trio.to_thread.run_sync(store.remember, peers, time.time())
-        for node_id, until in bans.items():
-            await trio.to_thread.run_sync(store.ban, node_id, until)
+        if bans:
+            await trio.to_thread.run_sync(_store_bans, store, bans)
 
     def _load_peers(self) -> None:
         if self.peerstore is None:
@@ -447,6 +482,11 @@ class Host:
                     self._apply(self.overlay.add_record(raw, now))
         except (OSError, trio.TooSlowError, transport.ConnectFailed, wire.WireError) as exc:
             log.info("bootstrap %s unavailable: %s", url, exc or type(exc).__name__)
+
+
+def _store_bans(store: PeerStore, bans: dict[bytes, float]) -> None:
+    for node_id, until in bans.items():
+        store.ban(node_id, until)
 
 
 def _advertised_host(listen_host: str) -> str:

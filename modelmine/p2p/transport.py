@@ -7,21 +7,31 @@ then every message is one sealed frame (see :mod:`modelmine.p2p.channel`).
 Close codes: 1000 normal, 1003 text message, 1008 handshake refused or timed out, or a frame
 that failed to open, 1009 message over the size limit (sent by trio-websocket), 1011 a send was
 interrupted midway or the link handler crashed.
+
+A listener admits a new TCP connection only under the caps of :class:`InboundLimits` (at once:
+connections in all, connections still in the handshake, and both per remote address), counted
+by a :class:`ConnectionGate`; one over a cap is answered ``503`` and closed before any byte of
+it is read. Until
+the peer has authenticated, at most ``PRE_AUTH_BYTES`` are read from it: after that the
+listener stops reading (TCP pushes back) until the handshake completes or times out, so a
+connection that has not proved an identity pins no more memory than that.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import partial
-from typing import Final, NoReturn
+from typing import Final, NoReturn, cast
 
 import trio
 import trio_websocket
 from nacl.signing import SigningKey
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
+from modelmine.p2p.admission import ConnectionGate, InboundLimits, InboundSlot
 from modelmine.p2p.channel import MAX_FRAME, MAX_PLAINTEXT, ChannelError
 from modelmine.p2p.handshake import Handshake, HandshakeError, Session, short_id
 
@@ -33,7 +43,10 @@ __all__ = [
     "CLOSE_TOO_BIG",
     "CLOSE_UNSUPPORTED_DATA",
     "MAX_PLAINTEXT",
+    "PRE_AUTH_BYTES",
     "ConnectFailed",
+    "ConnectionGate",
+    "InboundLimits",
     "LinkClosed",
     "LinkStatistics",
     "PeerLink",
@@ -58,6 +71,101 @@ RECEIVE_BUFFER_SIZE: Final = 64 * 1024
 CLOSE_TIMEOUT: Final = 2.0
 # A websocket close reason must fit in 123 bytes of UTF-8.
 _MAX_CLOSE_REASON: Final = 120
+# Bytes read from an inbound connection before its peer authenticated: the HTTP upgrade
+# request (a few hundred bytes from our dialer), hs1 and hs3 fit many times over.
+PRE_AUTH_BYTES: Final = 16 * 1024
+# The largest websocket message a responder accepts before it has sent hs2 (an honest dialer
+# sends only hs1 then); after hs2 the link's own limit applies, so frames a dialer sends right
+# behind hs3 are never refused for size (the byte budget above holds them back instead).
+HELLO_MESSAGE_LIMIT: Final = 1024
+# Refused connections are logged at most once per this many seconds, with a count.
+REFUSAL_LOG_EVERY: Final = 10.0
+REFUSAL_SEND_TIMEOUT: Final = 1.0
+_REFUSAL: Final = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+)
+
+
+class _GatedStream(trio.abc.Stream):
+    """An inbound TCP stream that yields at most ``budget`` bytes until :meth:`open` is called;
+    past that a read waits (TCP pushes back) for the handshake to finish or the stream to close.
+    A wait instead of an error: an honest dialer sends its first frames right after hs3, and
+    those may arrive before the handshake task has looked at hs3."""
+
+    def __init__(self, stream: trio.SocketStream, remote: str, budget: int) -> None:
+        self._stream = stream
+        self._remote = remote
+        self._budget: int | None = budget
+        self._opened = trio.Event()
+        self._closed = False
+
+    def __repr__(self) -> str:  # trio-websocket shows a non-socket stream by its repr
+        return self._remote
+
+    def open(self) -> None:
+        self._budget = None
+        self._opened.set()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._budget is not None and self._budget <= 0:
+            await self._opened.wait()
+        if self._closed:
+            raise trio.ClosedResourceError("stream closed")
+        budget = self._budget
+        if budget is None:
+            return await self._stream.receive_some(max_bytes)
+        data = await self._stream.receive_some(min(max_bytes or budget, budget))
+        if self._budget is not None:
+            self._budget -= len(data)
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._opened.set()
+        await self._stream.aclose()
+
+
+@dataclass
+class _Inbound:
+    slot: InboundSlot
+    stream: _GatedStream
+
+    def authenticated(self) -> None:
+        self.slot.authenticated()
+        self.stream.open()
+
+
+# The inbound connection the current task serves (set per connection task by serve_peers).
+_INBOUND: contextvars.ContextVar[_Inbound | None] = contextvars.ContextVar(
+    "modelmine_inbound", default=None
+)
+
+
+class _RefusalLog:
+    """Logs refused connections at most once per REFUSAL_LOG_EVERY seconds, with a count."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._next = 0.0
+
+    def note(self, remote: str, reason: str) -> None:
+        self._count += 1
+        now = trio.current_time()
+        if now >= self._next:
+            log.warning(
+                "refusing a connection from %s: %s (%d refused since the last report)",
+                remote,
+                reason,
+                self._count,
+            )
+            self._count = 0
+            self._next = now + REFUSAL_LOG_EVERY
 
 
 class TransportError(Exception):
@@ -250,7 +358,9 @@ class PeerLink:
         return exc.reason.code if exc.reason is not None else None
 
 
-async def _run_handshake(ws: WebSocketConnection, handshake: Handshake) -> Session:
+async def _run_handshake(
+    ws: WebSocketConnection, handshake: Handshake, on_reply: Callable[[], None] | None = None
+) -> Session:
     """Move handshake frames until it is done. Raises HandshakeError or ConnectionClosed."""
     while not handshake.done:
         frame = await ws.get_message()
@@ -259,7 +369,46 @@ async def _run_handshake(ws: WebSocketConnection, handshake: Handshake) -> Sessi
         reply = handshake.receive(frame)
         if reply is not None:
             await ws.send_message(reply)
+            if on_reply is not None:
+                on_reply()
     return handshake.result
+
+
+class _ReaderGuard:
+    """Stands in for the nursery trio-websocket starts a client's reader task in. A server
+    that answers the upgrade with an HTTP error (a full listener says 503; any address may be
+    a web server) makes that task raise ConnectionRejected, which would take the caller's
+    whole nursery down with it: the guard catches it, closes the stream and ends the dial.
+    It also ends the dial when the server hangs up before the upgrade (trio-websocket would
+    wait for the upgrade until the dial's deadline)."""
+
+    def __init__(self, nursery: trio.Nursery, upgrade: trio.CancelScope) -> None:
+        self._nursery = nursery
+        self._upgrade = upgrade
+        self.refusal = ""
+
+    def start_soon(self, fn: Callable[[], Awaitable[object]], *args: object) -> None:
+        self._nursery.start_soon(self._guarded, fn)
+
+    async def _guarded(self, fn: Callable[[], Awaitable[object]]) -> None:
+        connection = getattr(fn, "__self__", None)
+        try:
+            await fn()
+        except trio_websocket.HandshakeError as exc:
+            status = getattr(exc, "status_code", None)
+            self.refusal = f"HTTP {status}" if status is not None else repr(exc)
+            self._upgrade.cancel()
+            if isinstance(connection, WebSocketConnection):
+                with trio.CancelScope(shield=True):
+                    await connection._close_stream()
+        else:
+            if (
+                isinstance(connection, WebSocketConnection)
+                and connection.closed is not None
+                and not connection._open_handshake.is_set()
+            ):
+                self.refusal = "closed before the upgrade"
+                self._upgrade.cancel()
 
 
 async def connect_peer(
@@ -284,13 +433,17 @@ async def connect_peer(
     code, reason = CLOSE_INTERNAL_ERROR, "dial abandoned"
     try:
         with trio.fail_after(handshake_timeout):
-            ws = await trio_websocket.connect_websocket_url(
-                nursery,
-                url,
-                message_queue_size=MESSAGE_QUEUE_SIZE,
-                max_message_size=max_message_size,
-                receive_buffer_size=RECEIVE_BUFFER_SIZE,
-            )
+            with trio.CancelScope() as upgrade:
+                guard = _ReaderGuard(nursery, upgrade)
+                ws = await trio_websocket.connect_websocket_url(
+                    cast(trio.Nursery, guard),
+                    url,
+                    message_queue_size=MESSAGE_QUEUE_SIZE,
+                    max_message_size=max_message_size,
+                    receive_buffer_size=RECEIVE_BUFFER_SIZE,
+                )
+            if ws is None:
+                raise ConnectFailed(f"{url} refused the websocket: {guard.refusal}")
             await ws.send_message(handshake.start())
             session = await _run_handshake(ws, handshake)
     except HandshakeError as exc:
@@ -321,14 +474,20 @@ async def serve_peers(
     network_id: bytes,
     handshake_timeout: float = 10.0,
     max_message_size: int = MAX_FRAME,
+    limits: InboundLimits | None = None,
+    gate: ConnectionGate | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept peers on ``host:port`` forever; ``handler(link)`` runs for each authenticated one.
 
     Reports the bound port through ``task_status`` (so ``port=0`` works). Peers that fail the
     handshake or miss its deadline are logged and dropped; the listener keeps serving. The link
-    is closed when ``handler`` returns.
+    is closed when ``handler`` returns. Connections are admitted under ``limits`` (counted by
+    ``gate``, which a caller may pass to read its counts).
     """
+    if gate is None:
+        gate = ConnectionGate(limits)
+    refusals = _RefusalLog()
 
     async def on_request(request: WebSocketRequest) -> None:
         remote = _endpoint_text(request.remote)
@@ -338,7 +497,14 @@ async def serve_peers(
         with trio.move_on_after(handshake_timeout) as deadline:
             try:
                 ws = await request.accept()
-                session = await _run_handshake(ws, Handshake.responder(identity, network_id))
+                accepted = ws
+
+                def after_hs2() -> None:
+                    accepted._max_message_size = max_message_size  # see HELLO_MESSAGE_LIMIT
+
+                session = await _run_handshake(
+                    ws, Handshake.responder(identity, network_id), after_hs2
+                )
             except HandshakeError as exc:
                 reason = str(exc)
                 log.warning("refusing peer at %s: %s", remote, reason)
@@ -347,6 +513,10 @@ async def serve_peers(
                 log.info(
                     "peer at %s left during the handshake (%s)", remote, _describe_close(exc)[1]
                 )
+            else:
+                inbound = _INBOUND.get()
+                if inbound is not None:
+                    inbound.authenticated()
         if deadline.cancelled_caught:
             log.info("dropping peer at %s: no handshake within %s s", remote, handshake_timeout)
         if session is None or ws is None:
@@ -365,19 +535,45 @@ async def serve_peers(
         finally:
             await link.aclose()
 
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    server = trio_websocket.WebSocketServer(
+        on_request,
+        listeners,
+        message_queue_size=MESSAGE_QUEUE_SIZE,
+        max_message_size=min(max_message_size, HELLO_MESSAGE_LIMIT),
+        receive_buffer_size=RECEIVE_BUFFER_SIZE,
+        connect_timeout=handshake_timeout,
+        disconnect_timeout=CLOSE_TIMEOUT,
+    )
+
+    async def on_connection(stream: trio.SocketStream) -> None:
+        try:
+            host, remote_port, *_ = stream.socket.getpeername()
+        except OSError:  # already gone
+            await stream.aclose()
+            return
+        remote = f"[{host}]:{remote_port}" if ":" in host else f"{host}:{remote_port}"
+        slot = gate.admit(host)
+        if isinstance(slot, str):
+            refusals.note(remote, slot)
+            # Say so without reading anything (a dialer fails at once instead of waiting out
+            # its deadline), then hang up.
+            with trio.move_on_after(REFUSAL_SEND_TIMEOUT):
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await stream.send_all(_REFUSAL)
+            await trio.aclose_forcefully(stream)
+            return
+        gated = _GatedStream(stream, remote, PRE_AUTH_BYTES)
+        _INBOUND.set(_Inbound(slot, gated))
+        try:
+            # trio-websocket's own per-connection handler (what WebSocketServer.run serves),
+            # called here so the gate sees each connection from accept to close.
+            await server._handle_connection(gated)
+        finally:
+            slot.close()
+            with trio.CancelScope(shield=True):
+                await gated.aclose()
+
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(
-            partial(
-                trio_websocket.serve_websocket,
-                on_request,
-                host,
-                port,
-                None,
-                message_queue_size=MESSAGE_QUEUE_SIZE,
-                max_message_size=max_message_size,
-                receive_buffer_size=RECEIVE_BUFFER_SIZE,
-                connect_timeout=handshake_timeout,
-                disconnect_timeout=CLOSE_TIMEOUT,
-            )
-        )
-        task_status.started(server.port)
+        await nursery.start(trio.serve_listeners, on_connection, listeners)
+        task_status.started(listeners[0].socket.getsockname()[1])
