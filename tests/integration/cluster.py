@@ -24,11 +24,13 @@ from typing import Any
 import trio
 import trio_websocket
 from nacl.signing import SigningKey
+from trio_websocket import WebSocketConnection
 
 from modelmine.control_client import ControlUnavailable, open_control_client
 from modelmine.devnet import write_network
 from modelmine.genesis import GENESIS_FILE, Genesis
 from modelmine.p2p.handshake import Handshake, Session
+from modelmine.p2p.transport import _close_websocket
 
 STOP_TIMEOUT = 10.0  # seconds from SIGTERM to SIGKILL
 LOG_TAIL = 4000  # characters of each log that Cluster.logs() shows
@@ -282,17 +284,35 @@ async def peer_statuses(data_dir: Path) -> dict[str, dict[str, Any]]:
 
 async def submit(data_dir: Path, make: Callable[[str, int], bytes], signer: bytes) -> int:
     """Submit a record built with the signer's next nonce through this node; its height."""
+    _, height = await submit_final(data_dir, "ledger.submit", "record_id", make, signer)
+    return height
+
+
+async def submit_final(
+    data_dir: Path,
+    method: str,
+    id_key: str,
+    make: Callable[[str, int], bytes],
+    signer: bytes,
+    attempts: int = 3,
+) -> tuple[str, int]:
+    """Submit a record with the signer's next nonce through this node and wait until it is
+    final: (its id, its height). A node a block behind the one that took the signer's last
+    record hands out a nonce already used; the record then leaves the pool unincluded, and
+    it is signed again with the nonce the node knows by then."""
     async with open_control_client(data_dir) as client:
-        status = await client.call("status")
-        account = await client.call("ledger.account", account=signer.hex())
-        raw = make(status["chain_id"], account["next_nonce"])
-        sent = await client.call("ledger.submit", record=raw.hex())
-        done = await client.request(
-            "ledger.wait", {"record_id": sent["record_id"], "timeout": 60}, call_timeout=70
-        )
-        height = done["height"]
-        assert height is not None, f"record {sent['record_id'][:12]} not final in 60 s"
-        return int(height)
+        for attempt in range(attempts):
+            status = await client.call("status")
+            account = await client.call("ledger.account", account=signer.hex())
+            raw = make(status["chain_id"], account["next_nonce"])
+            sent = await client.call(method, record=raw.hex())
+            done = await client.request(
+                "ledger.wait", {"record_id": sent[id_key], "timeout": 60}, call_timeout=70
+            )
+            if done["height"] is not None:
+                return str(sent[id_key]), int(done["height"])
+            await trio.sleep(0.5 * (attempt + 1))
+        raise AssertionError(f"no record of {signer.hex()[:8]} final after {attempts} tries")
 
 
 @dataclass
@@ -308,10 +328,30 @@ class RawPeer:
 
 
 @asynccontextmanager
+async def raw_websocket(url: str, **options: Any) -> AsyncIterator[WebSocketConnection]:
+    """A plain websocket client. trio-websocket's own ``open_websocket_url`` leaves the TCP
+    stream open when the server closed first (the socket is then only closed by the garbage
+    collector, as a ResourceWarning in some later test), so close it the way the transport
+    does."""
+    options.setdefault("max_message_size", 2**23)
+    error: Exception | None = None
+    async with trio.open_nursery() as nursery:
+        ws = await trio_websocket.connect_websocket_url(nursery, url, **options)
+        try:
+            yield ws
+        except Exception as exc:  # re-raised as itself, not in the nursery's exception group
+            error = exc
+        finally:
+            await _close_websocket(ws, 1000, "")
+    if error is not None:
+        raise error
+
+
+@asynccontextmanager
 async def raw_peer(c: Cluster, i: int, network_id: bytes | None = None) -> AsyncIterator[RawPeer]:
     key = SigningKey.generate()
     url = f"ws://127.0.0.1:{c.ports[i - 1]}"
-    async with trio_websocket.open_websocket_url(url) as ws:
+    async with raw_websocket(url) as ws:
         hs = Handshake.initiator(key, network_id or c.genesis.network_id, None)
         await ws.send_message(hs.start())
         reply = hs.receive(await ws.get_message())

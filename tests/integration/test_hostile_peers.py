@@ -14,7 +14,14 @@ from nacl.signing import SigningKey
 from modelmine import wire
 from modelmine.p2p.membership import HEARTBEAT_DOMAIN
 from modelmine.signing import sign
-from tests.integration.cluster import Cluster, peer_statuses, raw_peer, try_call, wait_for
+from tests.integration.cluster import (
+    Cluster,
+    peer_statuses,
+    raw_peer,
+    raw_websocket,
+    try_call,
+    wait_for,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -75,7 +82,7 @@ async def test_oversized_frame_before_handshake(net: Cluster) -> None:
     await _ready(net)
     with trio.fail_after(30):
         url = f"ws://127.0.0.1:{net.ports[0]}"
-        async with trio_websocket.open_websocket_url(url, max_message_size=2**24) as ws:
+        async with raw_websocket(url, max_message_size=2**24) as ws:
             try:
                 await ws.send_message(b"\x00" * (5 * 1024 * 1024))
                 await ws.get_message()
@@ -97,7 +104,7 @@ async def test_handshake_that_never_finishes_is_dropped(net: Cluster) -> None:
     await _ready(net)
     with trio.fail_after(40):
         url = f"ws://127.0.0.1:{net.ports[0]}"
-        async with trio_websocket.open_websocket_url(url) as ws:
+        async with raw_websocket(url) as ws:
             with pytest.raises(trio_websocket.ConnectionClosed):
                 await ws.get_message()  # we never send hs1; the node must hang up on us
         await _check_unharmed(net, "handshake")

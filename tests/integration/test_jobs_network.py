@@ -20,7 +20,14 @@ from modelmine.control_client import RpcError, open_control_client
 from modelmine.jobs.progress import PROGRESS_DOMAIN, progress_topic
 from modelmine.ledger import make_job_cancel, make_job_complete, make_job_submit, make_register
 from modelmine.signing import sign
-from tests.integration.cluster import Cluster, raw_peer, submit, try_call, wait_for
+from tests.integration.cluster import (
+    Cluster,
+    raw_peer,
+    submit,
+    submit_final,
+    try_call,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -86,17 +93,14 @@ async def register(c: Cluster, key: SigningKey, name: str) -> None:
 
 
 async def submit_job(c: Cluster, i: int, key: SigningKey, spec: dict[str, Any]) -> str:
-    signer = bytes(key.verify_key)
-    async with open_control_client(c.data_dir(i)) as client:
-        status = await client.call("status")
-        account = await client.call("ledger.account", account=signer.hex())
-        raw = make_job_submit(key, status["chain_id"], spec, account["next_nonce"], 0)
-        sent = await client.call("jobs.submit", record=raw.hex())
-        done = await client.request(
-            "ledger.wait", {"record_id": sent["job_id"], "timeout": 60}, call_timeout=70
-        )
-        assert done["height"] is not None
-        return str(sent["job_id"])
+    job_id, _ = await submit_final(
+        c.data_dir(i),
+        "jobs.submit",
+        "job_id",
+        lambda chain, nonce: make_job_submit(key, chain, spec, nonce, 0),
+        bytes(key.verify_key),
+    )
+    return job_id
 
 
 async def job(c: Cluster, i: int, job_id: str) -> dict[str, Any] | None:

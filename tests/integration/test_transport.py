@@ -22,10 +22,10 @@ from modelmine.p2p.transport import (
     ConnectFailed,
     LinkClosed,
     PeerLink,
-    _close_websocket,
     connect_peer,
     serve_peers,
 )
+from tests.integration.cluster import raw_websocket
 
 NET = hashlib.sha256(b"integration genesis").digest()
 OTHER_NET = hashlib.sha256(b"some other genesis").digest()
@@ -70,18 +70,6 @@ async def serving(
         port = await nursery.start(serve, handler, "127.0.0.1", 0)
         yield f"ws://127.0.0.1:{port}"
         nursery.cancel_scope.cancel()
-
-
-@asynccontextmanager
-async def raw_websocket(url: str) -> AsyncIterator[WebSocketConnection]:
-    """A plain websocket client. trio-websocket's own ``open_websocket_url`` leaves the TCP
-    stream open when the server closed first, so close it the way the transport does."""
-    async with trio.open_nursery() as nursery:
-        ws = await trio_websocket.connect_websocket_url(nursery, url, max_message_size=2**23)
-        try:
-            yield ws
-        finally:
-            await _close_websocket(ws, 1000, "")
 
 
 async def dial(nursery: trio.Nursery, url: str, **options: Any) -> PeerLink:
