@@ -327,22 +327,38 @@ class RawPeer:
         await self.ws.send_message(self.session.sender.seal(plaintext))
 
 
+def only(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
+    """Whether ``exc`` is one of ``kinds``, or a group of nothing else."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(only(e, kinds) for e in exc.exceptions)
+    return isinstance(exc, kinds)
+
+
 @asynccontextmanager
 async def raw_websocket(url: str, **options: Any) -> AsyncIterator[WebSocketConnection]:
-    """A plain websocket client. trio-websocket's own ``open_websocket_url`` leaves the TCP
-    stream open when the server closed first (the socket is then only closed by the garbage
-    collector, as a ResourceWarning in some later test), so close it the way the transport
-    does."""
+    """A plain websocket client on a TCP stream of our own, closed however the connection
+    ends: trio-websocket leaves its stream open when the server refuses the upgrade (a 503)
+    or closes first, and the socket then turns up as a ResourceWarning in some later test.
+    A refused upgrade raises HandshakeError (possibly in an exception group)."""
+    address, _, resource = url.removeprefix("ws://").partition("/")
+    host, _, port = address.rpartition(":")
     options.setdefault("max_message_size", 2**23)
+    stream = await trio.open_tcp_stream(host, int(port))
     error: Exception | None = None
-    async with trio.open_nursery() as nursery:
-        ws = await trio_websocket.connect_websocket_url(nursery, url, **options)
-        try:
-            yield ws
-        except Exception as exc:  # re-raised as itself, not in the nursery's exception group
-            error = exc
-        finally:
-            await _close_websocket(ws, 1000, "")
+    try:
+        async with trio.open_nursery() as nursery:
+            ws = await trio_websocket.wrap_client_stream(
+                nursery, stream, host, "/" + resource, **options
+            )
+            try:
+                yield ws
+            except Exception as exc:  # re-raised as itself, not in the nursery's group
+                error = exc
+            finally:
+                await _close_websocket(ws, 1000, "")
+    finally:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
     if error is not None:
         raise error
 

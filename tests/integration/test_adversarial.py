@@ -22,7 +22,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,12 +41,13 @@ from modelmine.p2p.channel import MAX_FRAME
 from modelmine.p2p.handshake import Handshake, Session
 from modelmine.p2p.membership import HEARTBEAT_DOMAIN
 from modelmine.p2p.overlay import OverlayConfig, sign_peer_record
-from modelmine.p2p.transport import _close_websocket
 from modelmine.signing import sign
 from tests.integration.cluster import (
     Cluster,
     call,
+    only,
     peer_statuses,
+    raw_websocket,
     submit,
     try_call,
     wait_for,
@@ -239,28 +240,29 @@ async def mallory(
     key = key or SigningKey.generate()
     url = f"ws://127.0.0.1:{c.ports[i - 1]}"
     deadline = trio.current_time() + retry_for
-    async with trio.open_nursery() as nursery:
+    async with AsyncExitStack() as stack:
         while True:
             try:
-                ws = await trio_websocket.connect_websocket_url(
-                    nursery, url, max_message_size=MAX_FRAME, message_queue_size=64
+                ws = await stack.enter_async_context(
+                    raw_websocket(url, max_message_size=MAX_FRAME, message_queue_size=64)
                 )
                 break
-            except (OSError, trio_websocket.HandshakeError):
-                if trio.current_time() > deadline:
+            except Exception as exc:
+                refused = (OSError, trio_websocket.HandshakeError)
+                if not only(exc, refused) or trio.current_time() > deadline:
                     raise
                 await trio.sleep(0.02)
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        hs = Handshake.initiator(key, c.genesis.network_id, None)
+        await ws.send_message(hs.start())
+        reply = hs.receive(await ws.get_message())
+        assert reply is not None
+        await ws.send_message(reply)
+        m = Mallory(ws, hs.result, key, answer)
+        nursery.start_soon(m.read)
         try:
-            hs = Handshake.initiator(key, c.genesis.network_id, None)
-            await ws.send_message(hs.start())
-            reply = hs.receive(await ws.get_message())
-            assert reply is not None
-            await ws.send_message(reply)
-            m = Mallory(ws, hs.result, key, answer)
-            nursery.start_soon(m.read)
             yield m
         finally:
-            await _close_websocket(ws, 1000, "")
             nursery.cancel_scope.cancel()
 
 
@@ -728,34 +730,27 @@ async def _ws_stalled(
     """A websocket that stalls after the upgrade ("upgrade"), after hs1 ("hs1"), or completes
     the handshake and idles ("linked")."""
     url = f"ws://127.0.0.1:{c.ports[0]}"
+    outcome = "refused"  # unless the upgrade succeeds
     try:
-        async with trio.open_nursery() as nursery:
-            ws = None
-            with trio.move_on_after(5), suppress(OSError, trio_websocket.ConnectionClosed):
-                ws = await trio_websocket.connect_websocket_url(nursery, url)
-            if ws is None:
-                counts["refused"] += 1
-                nursery.cancel_scope.cancel()
-                return
-            try:
-                if stage != "upgrade":
-                    key = key or SigningKey.generate()
-                    hs = Handshake.initiator(key, c.genesis.network_id, None)
-                    await ws.send_message(hs.start())
-                    if stage == "linked":
-                        reply = hs.receive(await ws.get_message())
-                        assert reply is not None
-                        await ws.send_message(reply)
-                with trio.move_on_after(30):
-                    await hold.wait()
-                counts["held" if ws.closed is None else "cut"] += 1
-            except (trio_websocket.ConnectionClosed, OSError):
-                counts["cut"] += 1
-            finally:
-                await _close_websocket(ws, 1000, "")
-                nursery.cancel_scope.cancel()
-    except* trio_websocket.HandshakeError:  # turned away with a 503 (raised by the reader)
-        counts["refused"] += 1
+        with trio.move_on_after(40):
+            async with raw_websocket(url) as ws:
+                try:
+                    if stage != "upgrade":
+                        key = key or SigningKey.generate()
+                        hs = Handshake.initiator(key, c.genesis.network_id, None)
+                        await ws.send_message(hs.start())
+                        if stage == "linked":
+                            reply = hs.receive(await ws.get_message())
+                            assert reply is not None
+                            await ws.send_message(reply)
+                    with trio.move_on_after(30):
+                        await hold.wait()
+                    outcome = "held" if ws.closed is None else "cut"
+                except (trio_websocket.ConnectionClosed, OSError):
+                    outcome = "cut"
+    except* (trio_websocket.HandshakeError, trio_websocket.ConnectionClosed, OSError):
+        pass  # turned away with a 503, or the connection failed: refused
+    counts[outcome] += 1
 
 
 async def test_many_connections_are_capped_and_honest_peers_stay_served(net: Cluster) -> None:
