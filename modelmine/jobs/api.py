@@ -199,8 +199,10 @@ class JobsApi:
     async def _get(self, params: dict[str, Any]) -> dict[str, Any]:
         job = self._job(params)
         if not job.status.ended:
+            newly = job.id not in self._watched
             self._watched[job.id] = time.monotonic() + WATCH_FOR
-            self.worker.wake()  # follow it now, not at the next schedule
+            if newly:
+                self.worker.wake()  # follow it now, not at the next schedule
         out = job_summary(job, self.worker.latest.get(job.id))
         latest = self.worker.latest.get(job.id)
         out.update(
